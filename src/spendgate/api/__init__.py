@@ -1,0 +1,1 @@
+"""The JSON API: admin, self, operations. FastAPI routers; the proxy is not here."""

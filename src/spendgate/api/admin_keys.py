@@ -1,0 +1,74 @@
+"""Admin API: gateway keys."""
+
+from fastapi import APIRouter
+
+from spendgate.api.deps import AdminDep, RuntimeDep
+from spendgate.api.schemas import KeyCreate, KeyPatch, key_json
+from spendgate.errors import NotFound
+from spendgate.exact_json import ExactJSONResponse
+from spendgate.keys.material import display_key, hash_key, looks_like_key, new_key
+from spendgate.ledger.records import KeyRecord
+from spendgate.runtime import Runtime
+
+router = APIRouter(prefix="/admin/keys", tags=["admin: keys"], dependencies=[AdminDep])
+
+
+async def find_key(runtime: Runtime, id_or_key: str) -> KeyRecord:
+    """A key by its numeric id or by the full key."""
+    if looks_like_key(id_or_key):
+        found = await runtime.store.find_key_by_hash(hash_key(id_or_key))
+        record = found[0] if found else None
+    elif id_or_key.isdigit():
+        record = await runtime.store.get_key(int(id_or_key))
+    else:
+        record = None
+    if record is None:
+        raise NotFound("No such key.")
+    return record
+
+
+@router.post("", status_code=201, response_class=ExactJSONResponse)
+async def create_key(body: KeyCreate, runtime: RuntimeDep) -> ExactJSONResponse:
+    """Create a key (and its user if absent); the key is shown here once."""
+    key = new_key()
+    record = await runtime.store.create_key(
+        str(body.user or body.label),
+        hash_key(key),
+        display_key(key),
+        note=body.note,
+        expires_at=body.expires_at,
+        models=body.models,
+        budget_usd=body.budget_usd,
+        budget_period=body.budget_period,
+        limits=body.limits.as_dict() if body.limits else None,
+    )
+    runtime.principals.invalidate()
+    return ExactJSONResponse({**key_json(record), "key": key}, status_code=201)
+
+
+@router.get("", response_class=ExactJSONResponse)
+async def list_keys(runtime: RuntimeDep, user: str | None = None) -> ExactJSONResponse:
+    """Keys, optionally of one user, in display form only."""
+    return ExactJSONResponse([key_json(key) for key in await runtime.store.list_keys(user)])
+
+
+@router.post("/{id_or_key}/revoke", response_class=ExactJSONResponse)
+async def revoke_key(id_or_key: str, runtime: RuntimeDep) -> ExactJSONResponse:
+    """Revoke a key; new requests with it are refused at once."""
+    record = await find_key(runtime, id_or_key)
+    revoked = await runtime.store.revoke_key(record.id)
+    runtime.principals.invalidate()
+    return ExactJSONResponse(key_json(revoked or record))
+
+
+@router.patch("/{key_id}", response_class=ExactJSONResponse)
+async def update_key(key_id: int, body: KeyPatch, runtime: RuntimeDep) -> ExactJSONResponse:
+    """Change a key's note, budget, models, expiry or limits."""
+    fields = body.model_dump(exclude_unset=True)
+    if "limits" in fields:
+        fields["limits"] = body.limits.as_dict() if body.limits else None
+    record = await runtime.store.update_key(key_id, **fields)
+    if record is None:
+        raise NotFound("No such key.")
+    runtime.principals.invalidate()
+    return ExactJSONResponse(key_json(record))

@@ -1,0 +1,115 @@
+"""Admin API: usage reports, CSV export, monitor and retention."""
+
+from datetime import UTC, datetime
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from spendgate.api.admin_keys import find_key
+from spendgate.api.deps import AdminDep, RuntimeDep
+from spendgate.api.usage_query import check_group_by, parse_day, usage_filter
+from spendgate.errors import InvalidRequest
+from spendgate.exact_json import ExactJSONResponse
+from spendgate.ledger.reports import (
+    UsageFilter,
+    iter_usage_csv,
+    key_totals,
+    monitor,
+    purge_before,
+    usage_report,
+)
+from spendgate.runtime import Runtime
+
+router = APIRouter(prefix="/admin", tags=["admin: usage"], dependencies=[AdminDep])
+
+
+async def _filter(
+    runtime: Runtime,
+    start: str | None,
+    end: str | None,
+    user: str | None,
+    key: str | None,
+    model: str | None,
+    source: str | None,
+    end_user: str | None,
+    upstream: str | None,
+) -> UsageFilter:
+    key_id = (await find_key(runtime, key)).id if key else None
+    return usage_filter(
+        start, end, user=user, key_id=key_id, model=model, source=source,
+        end_user=end_user, upstream=upstream,
+    )  # fmt: skip
+
+
+@router.get("/usage", response_class=ExactJSONResponse)
+async def usage(
+    runtime: RuntimeDep,
+    start: str | None = None,
+    end: str | None = None,
+    user: str | None = None,
+    key: str | None = None,
+    model: str | None = None,
+    source: str | None = None,
+    end_user: str | None = None,
+    upstream: str | None = None,
+    group_by: str | None = None,
+) -> ExactJSONResponse:
+    """Totals and groups over a UTC date range (default: the last 30 days)."""
+    grouping = check_group_by(group_by)
+    flt = await _filter(runtime, start, end, user, key, model, source, end_user, upstream)
+    return ExactJSONResponse(await usage_report(runtime.engine, flt, grouping))
+
+
+@router.get("/usage.csv", response_class=StreamingResponse)
+async def usage_csv(
+    runtime: RuntimeDep,
+    start: str | None = None,
+    end: str | None = None,
+    user: str | None = None,
+    key: str | None = None,
+    model: str | None = None,
+    source: str | None = None,
+    end_user: str | None = None,
+    upstream: str | None = None,
+) -> StreamingResponse:
+    """One CSV row per request, header first, streamed."""
+    flt = await _filter(runtime, start, end, user, key, model, source, end_user, upstream)
+    filename = f"spendgate-usage-{flt.start}-{flt.end}.csv"
+    return StreamingResponse(
+        iter_usage_csv(runtime.engine, flt),
+        media_type="text/csv; charset=utf-8",
+        headers={"content-disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+@router.get("/usage/{id_or_key}", response_class=ExactJSONResponse)
+async def usage_of_key(id_or_key: str, runtime: RuntimeDep) -> ExactJSONResponse:
+    """All-time totals of one key."""
+    record = await find_key(runtime, id_or_key)
+    totals = await key_totals(runtime.engine, record.id)
+    return ExactJSONResponse({"key": record.display, "user": record.user, "totals": totals})
+
+
+@router.delete("/usage", response_class=ExactJSONResponse)
+async def delete_usage(runtime: RuntimeDep, before: str | None = None) -> ExactJSONResponse:
+    """Purge events older than `before`; daily rollups stay."""
+    day = parse_day(before, "before")
+    if day is None:
+        raise InvalidRequest("'before' (YYYY-MM-DD) is required.", param="before")
+    await runtime.writer.flush()
+    return ExactJSONResponse({"deleted": await purge_before(runtime.engine, day)})
+
+
+@router.get("/monitor", response_class=ExactJSONResponse)
+async def monitor_view(runtime: RuntimeDep) -> ExactJSONResponse:
+    """Totals today, active users, top users, recent requests, writer health."""
+    data = await monitor(runtime.engine, datetime.now(UTC).date())
+    writer = runtime.writer
+    data["writer"] = {
+        "queue_depth": writer.queue_depth,
+        "written": writer.written,
+        "dropped": writer.dropped,
+        "retries": writer.retries,
+        "last_error": writer.last_error,
+    }
+    return ExactJSONResponse(data)

@@ -1,0 +1,44 @@
+"""Operations: health, ping, Prometheus metrics."""
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from spendgate.api.deps import RuntimeDep, require_admin
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health")
+async def health(runtime: RuntimeDep) -> JSONResponse:
+    """200 when the database answers; 503 naming the part that is down otherwise."""
+    try:
+        await runtime.store.ping()
+        database = "ok"
+    except Exception:  # any failure to reach the database is "down", whatever the driver
+        database = "down"
+    writer = runtime.writer
+    body = {
+        "status": "ok" if database == "ok" else "degraded",
+        "database": database,
+        "redis": "off",
+        "write_queue": writer.queue_depth,
+        "writer_last_error": writer.last_error,
+    }
+    return JSONResponse(body, status_code=200 if database == "ok" else 503)
+
+
+@router.get("/ping", response_class=PlainTextResponse)
+async def ping() -> str:
+    """Liveness: answers without touching anything."""
+    return "pong"
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request, runtime: RuntimeDep) -> Response:
+    """Prometheus text exposition."""
+    if not runtime.settings.metrics_public:
+        require_admin(request, runtime)
+    runtime.metrics.queue_depth.set(runtime.writer.queue_depth)
+    runtime.metrics.drains_active.set(runtime.drains.active)
+    return Response(runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)

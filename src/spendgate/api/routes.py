@@ -1,0 +1,58 @@
+"""The route table: every non-proxy router, and one renderer for every error."""
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException
+
+from spendgate import __version__
+from spendgate.api import admin_keys, admin_usage, admin_users, me, ops
+from spendgate.errors import GatewayError, InvalidRequest, NotFound
+from spendgate.runtime import Runtime
+
+
+def _render(error: GatewayError) -> Response:
+    headers = {name.decode(): value.decode() for name, value in error.headers}
+    return Response(error.body(), status_code=error.status, media_type="application/json",
+                    headers=headers)  # fmt: skip
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return _render(exc)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
+    param = ".".join(location) or None
+    message = f"{param}: {first['msg']}" if param else str(first["msg"])
+    return _render(InvalidRequest(message, param=param))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return _render(NotFound("Not found."))
+    error = GatewayError(str(exc.detail))
+    error.status = exc.status_code  # type: ignore[misc]
+    error.code = "invalid_request" if exc.status_code < 500 else "internal_error"  # type: ignore[misc]
+    return _render(error)
+
+
+def build_api(runtime: Runtime) -> FastAPI:
+    """The FastAPI app for admin, self and operations routes."""
+    api = FastAPI(
+        title="spendgate",
+        version=__version__,
+        description="Admin, self-service and operations API of the spendgate LLM gateway. "
+        "The OpenAI-compatible proxy lives under /v1/ and is not described here.",
+    )
+    api.state.runtime = runtime
+    api.add_exception_handler(GatewayError, _gateway_error)
+    api.add_exception_handler(RequestValidationError, _validation_error)
+    api.add_exception_handler(HTTPException, _http_error)
+    for module in (admin_users, admin_keys, admin_usage, me, ops):
+        api.include_router(module.router)
+    return api

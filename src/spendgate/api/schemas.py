@@ -1,0 +1,109 @@
+"""Request bodies of the JSON API (validated, unknown fields refused) and response shapes."""
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from spendgate.ledger.records import KeyRecord, UserRecord
+from spendgate.periods import Period
+
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f/]+$")]
+Money = Annotated[Decimal, Field(ge=0, max_digits=20, decimal_places=12)]
+Count = Annotated[int, Field(ge=0, le=10**12)]
+
+
+class Limits(BaseModel):
+    """Request and token limits; absent means unlimited."""
+
+    model_config = ConfigDict(extra="forbid")
+    requests_per_minute: Count | None = None
+    requests_per_hour: Count | None = None
+    requests_per_day: Count | None = None
+    tokens_per_minute: Count | None = None
+    tokens_per_hour: Count | None = None
+    tokens_per_day: Count | None = None
+
+    def as_dict(self) -> dict[str, int]:
+        """Only the limits that are set."""
+        return {name: value for name, value in self.model_dump().items() if value is not None}
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Name
+    email: Annotated[str, Field(max_length=320)] | None = None
+    budget_usd: Money | None = None
+    budget_period: Period | None = None
+    limits: Limits | None = None
+
+
+class UserPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    email: Annotated[str, Field(max_length=320)] | None = None
+    budget_usd: Money | None = None
+    budget_period: Period | None = None
+    limits: Limits | None = None
+    disabled: bool | None = None
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: Name | None = None
+    label: Name | None = None
+    note: Annotated[str, Field(max_length=500)] | None = None
+    budget_usd: Money | None = None
+    budget_period: Period | None = None
+    models: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = None
+    expires_at: datetime | None = None
+    limits: Limits | None = None
+
+    @model_validator(mode="after")
+    def _needs_user(self) -> "KeyCreate":
+        if not (self.user or self.label):
+            raise ValueError("'user' (or 'label') is required")
+        return self
+
+
+class KeyPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    note: Annotated[str, Field(max_length=500)] | None = None
+    budget_usd: Money | None = None
+    budget_period: Period | None = None
+    models: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = None
+    expires_at: datetime | None = None
+    limits: Limits | None = None
+
+
+def user_json(user: UserRecord, spend_usd: Decimal, balance_usd: Decimal | None) -> dict[str, Any]:
+    """The contract's user object."""
+    return {
+        "name": user.name,
+        "email": user.email,
+        "budget_usd": user.budget_usd,
+        "budget_period": user.budget_period,
+        "spend_usd": spend_usd,
+        "balance_usd": balance_usd,
+        "limits": user.limits,
+        "disabled": user.disabled,
+        "created_at": user.created_at,
+    }
+
+
+def key_json(key: KeyRecord) -> dict[str, Any]:
+    """The contract's key listing object (never the key itself)."""
+    return {
+        "id": key.id,
+        "user": key.user,
+        "note": key.note,
+        "display": key.display,
+        "created_at": key.created_at,
+        "revoked_at": key.revoked_at,
+        "expires_at": key.expires_at,
+        "models": key.models,
+        "budget_usd": key.budget_usd,
+        "budget_period": key.budget_period,
+        "limits": key.limits,
+        "last_used_at": key.last_used_at,
+    }

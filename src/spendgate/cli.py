@@ -1,0 +1,310 @@
+"""The `spendgate` command line: serve, demo, init, keys, users, usage, prices, db."""
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+import uvloop
+from rich.console import Console
+from rich.table import Table
+
+from spendgate.config import ConfigError, Settings, load_settings
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="spendgate: a self-hosted, OpenAI-compatible LLM gateway with an exact usage ledger.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+keys_app = typer.Typer(help="Create, list and revoke gateway keys.", no_args_is_help=True)
+users_app = typer.Typer(help="Create and list users.", no_args_is_help=True)
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(users_app, name="users")
+app.add_typer(db_app, name="db")
+
+# Command path → one-line documentation; the README test checks each is documented.
+COMMAND_DOCS = {
+    "serve": "Start the gateway.",
+    "demo": "Start the gateway with a built-in fake upstream, a demo admin token and key.",
+    "run": "`serve` when an upstream key is configured, else `demo` (what `make run` calls).",
+    "init": "Write a commented .env for a new install.",
+    "keys create": "Create a key for a user (shown once).",
+    "keys list": "List keys in display form.",
+    "keys revoke": "Revoke a key by id or full key.",
+    "users create": "Create a user.",
+    "users list": "List users.",
+    "usage": "Usage totals and groups (table, csv or json).",
+    "prices": "Show the price in effect for a model and where it comes from.",
+    "db upgrade": "Create or migrate the database schema.",
+}
+
+
+def fail(message: str) -> None:
+    """Print one clear line and exit with status 2."""
+    Console(stderr=True).print(f"[red]spendgate:[/red] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def settings_or_exit(**overrides: Any) -> Settings:
+    """Load settings, or print the bad one and exit."""
+    try:
+        return load_settings(**overrides)
+    except ConfigError as exc:
+        fail(str(exc))
+        raise AssertionError("unreachable") from exc
+
+
+def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine on uvloop."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(factory())
+
+
+async def with_store(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
+    """Open the ledger (migrated), run `action(store)`, close it."""
+    from spendgate.ledger.engine import create_engine, normalize_database_url, upgrade
+    from spendgate.ledger.store import Store
+
+    engine = create_engine(normalize_database_url(settings.database))
+    try:
+        await upgrade(engine)
+        return await action(Store(engine))
+    finally:
+        await engine.dispose()
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
+) -> None:
+    """Start the gateway."""
+    settings = settings_or_exit()
+    if settings.upstream_api_key is None:
+        fail("no upstream key: set SPENDGATE_UPSTREAM_API_KEY (or run `spendgate demo`).")
+    _serve(settings, host or settings.host, port if port is not None else settings.port)
+
+
+def _serve(settings: Settings, host: str, port: int, banner: str | None = None) -> None:
+    from spendgate.app import create_app
+    from spendgate.server import configure_logging, serve_app
+
+    configure_logging(str(settings.log_path) if settings.log_path else None)
+    try:
+        gateway = create_app(settings)
+    except ConfigError as exc:
+        fail(str(exc))
+    console = Console(stderr=True)
+    if settings.admin_token is None:
+        console.print(
+            "[yellow]spendgate: no admin token (SPENDGATE_ADMIN_TOKEN): "
+            "the admin API answers 401 to everyone.[/yellow]"
+        )
+
+    async def started() -> None:
+        console.print(banner or f"spendgate listening on http://{host}:{port}", highlight=False)
+
+    run_async(lambda: serve_app(gateway, host, port, started))
+
+
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="Gateway port.")] = 8000,
+    host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
+) -> None:
+    """Start the gateway with a built-in fake upstream, a demo admin token and key."""
+    from spendgate.demo import run_demo
+
+    settings = settings_or_exit()
+    run_demo(settings, host, port)
+
+
+@app.command("run")
+def run_command() -> None:
+    """`serve` when an upstream key is configured, else `demo`."""
+    settings = settings_or_exit()
+    if settings.upstream_api_key is None:
+        demo(port=settings.port, host=settings.host)
+    else:
+        serve(None, None)
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Option(help="Where to write.")] = Path(".env"),
+) -> None:
+    """Write a commented .env for a new install (never overwrites)."""
+    from spendgate.envfile import write_env_file
+
+    if path.exists():
+        fail(f"{path} exists; not overwriting it.")
+    write_env_file(path)
+    typer.echo(f"wrote {path}: set SPENDGATE_UPSTREAM_API_KEY, then run `spendgate serve`.")
+
+
+@keys_app.command("create")
+def keys_create(
+    user: Annotated[str, typer.Argument(help="The user the key belongs to (created if absent).")],
+    note: Annotated[str | None, typer.Option(help="A note shown in listings.")] = None,
+    models: Annotated[str | None, typer.Option(help="Comma list of model globs.")] = None,
+    expires: Annotated[datetime | None, typer.Option(help="Expiry, ISO-8601.")] = None,
+) -> None:
+    """Create a key for a user; it is shown once."""
+    from spendgate.keys.material import display_key, hash_key, new_key
+
+    settings = settings_or_exit()
+    key = new_key()
+    globs = [item.strip() for item in models.split(",") if item.strip()] if models else None
+
+    async def action(store: Any) -> Any:
+        return await store.create_key(
+            user, hash_key(key), display_key(key), note=note, models=globs, expires_at=expires
+        )
+
+    record = run_async(lambda: with_store(settings, action))
+    typer.echo(f"key {record.id} for {user}: {key}")
+    typer.echo("Store it now: it is not shown again.")
+
+
+@keys_app.command("list")
+def keys_list(user: Annotated[str | None, typer.Option(help="Only this user's keys.")] = None) -> None:
+    """List keys in display form."""
+    settings = settings_or_exit()
+    records = run_async(lambda: with_store(settings, lambda store: store.list_keys(user)))
+    table = Table("id", "user", "key", "note", "created", "revoked", "expires", "last used")
+    for record in records:
+        table.add_row(
+            str(record.id), record.user, record.display, record.note or "",
+            _when(record.created_at), _when(record.revoked_at), _when(record.expires_at),
+            _when(record.last_used_at),
+        )  # fmt: skip
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(id_or_key: Annotated[str, typer.Argument(help="Key id or the full key.")]) -> None:
+    """Revoke a key by id or full key."""
+    from spendgate.keys.material import hash_key, looks_like_key
+
+    settings = settings_or_exit()
+
+    async def action(store: Any) -> Any:
+        if looks_like_key(id_or_key):
+            found = await store.find_key_by_hash(hash_key(id_or_key))
+            key_id = found[0].id if found else None
+        else:
+            key_id = int(id_or_key) if id_or_key.isdigit() else None
+        return await store.revoke_key(key_id) if key_id is not None else None
+
+    record = run_async(lambda: with_store(settings, action))
+    if record is None:
+        fail("no such key.")
+    typer.echo(f"revoked key {record.id} ({record.display}) of {record.user}")
+
+
+@users_app.command("create")
+def users_create(
+    name: Annotated[str, typer.Argument(help="User name.")],
+    email: Annotated[str | None, typer.Option(help="Email address.")] = None,
+) -> None:
+    """Create a user."""
+    from spendgate.errors import Conflict
+
+    settings = settings_or_exit()
+    try:
+        run_async(lambda: with_store(settings, lambda store: store.create_user(name, email=email)))
+    except Conflict as exc:
+        fail(exc.message)
+    typer.echo(f"created user {name}")
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """List users."""
+    settings = settings_or_exit()
+    records = run_async(lambda: with_store(settings, lambda store: store.list_users()))
+    table = Table("name", "email", "budget", "period", "disabled", "created")
+    for user in records:
+        budget = str(user.budget_usd) if user.budget_usd is not None else ""
+        table.add_row(user.name, user.email or "", budget, user.budget_period or "",
+                      "yes" if user.disabled else "", _when(user.created_at))  # fmt: skip
+    Console().print(table)
+
+
+@app.command()
+def usage(
+    start: Annotated[str | None, typer.Option(help="First day, YYYY-MM-DD (UTC).")] = None,
+    end: Annotated[str | None, typer.Option(help="Last day, YYYY-MM-DD (UTC).")] = None,
+    user: Annotated[str | None, typer.Option(help="Only this user.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+    group_by: Annotated[str, typer.Option(help="user|key|model|day|end_user|upstream|source")] = "user",
+    output: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+) -> None:
+    """Usage totals and groups over a date range (default: the last 30 days)."""
+    from spendgate.cli_usage import print_usage
+
+    settings = settings_or_exit()
+    try:
+        print_usage(settings, start, end, user, model, group_by, output)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def prices(model: Annotated[str, typer.Argument(help="Model name, e.g. gpt-4o-mini.")]) -> None:
+    """Show the price in effect for a model and where it comes from."""
+    from spendgate.metering.pricing import PriceBook, PricingConfigError, load_overrides
+
+    settings = settings_or_exit()
+    try:
+        book = PriceBook(load_overrides(settings.pricing_file, settings.model_pricing_json))
+    except PricingConfigError as exc:
+        fail(str(exc))
+    price = book.describe(model)
+    if price is None:
+        fail(f"no price known for {model!r}; it is metered with cost null.")
+        return
+    million = 10**6
+    table = Table("model", "input / 1M", "cached input / 1M", "output / 1M", "source")
+    table.add_row(
+        model,
+        f"${price.input_per_token * million}",
+        f"${price.cached_input_per_token * million}",
+        f"${price.output_per_token * million}",
+        price.source,
+    )
+    Console().print(table)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the database schema to the newest revision."""
+    settings = settings_or_exit()
+
+    async def nothing(store: Any) -> None:
+        return None
+
+    try:
+        run_async(lambda: with_store(settings, nothing))
+    except ValueError as exc:
+        fail(str(exc))
+    typer.echo("database is up to date")
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value else ""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except ConfigError as exc:
+        Console(stderr=True).print(f"spendgate: {exc}", highlight=False)
+        sys.exit(2)

@@ -1,0 +1,289 @@
+"""Settings: every `SPENDGATE_*` variable, its accepted aliases, files and validation.
+
+Sources, earliest wins: init arguments (tests, the demo), environment variables,
+`.env.local`, `.env`, then the TOML file named by `SPENDGATE_CONFIG`. This is the only
+module that reads the process environment.
+"""
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+_DB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb")
+_MiB = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message is one line naming it."""
+
+
+def _env(*names: str) -> Any:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """All of spendgate's settings. Each field's description is its one-line documentation."""
+
+    model_config = SettingsConfigDict(
+        env_file=(".env", ".env.local"),
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        case_sensitive=False,
+    )
+
+    upstream_base: str = Field(
+        "https://api.openai.com/v1",
+        validation_alias=_env("SPENDGATE_UPSTREAM_BASE", "UPSTREAM_BASE"),
+        description="Upstream base URL, including /v1.",
+    )
+    upstream_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=_env("SPENDGATE_UPSTREAM_API_KEY", "UPSTREAM_API_KEY", "OPENAI_API_KEY"),
+        description="The organisation's shared upstream key (required by serve).",
+    )
+    upstream_api_version: str | None = Field(
+        None,
+        validation_alias=_env("SPENDGATE_UPSTREAM_API_VERSION", "UPSTREAM_API_VERSION"),
+        description="api-version query parameter added to upstream calls (Azure).",
+    )
+    upstream_timeout: float = Field(
+        600.0,
+        gt=0,
+        validation_alias=_env("SPENDGATE_UPSTREAM_TIMEOUT"),
+        description="Seconds to wait for the upstream's response headers before a 504.",
+    )
+    upstream_connect_timeout: float = Field(
+        10.0,
+        gt=0,
+        validation_alias=_env("SPENDGATE_UPSTREAM_CONNECT_TIMEOUT"),
+        description="Seconds to wait for a connection to the upstream before a 502.",
+    )
+    upstream_max_connections: int = Field(
+        1000,
+        gt=0,
+        validation_alias=_env("SPENDGATE_UPSTREAM_MAX_CONNECTIONS"),
+        description="Size of the pooled upstream connection pool.",
+    )
+    admin_token: SecretStr | None = Field(
+        None,
+        validation_alias=_env("SPENDGATE_ADMIN_TOKEN", "ADMIN_TOKEN"),
+        description="Admin API token; without one the admin API answers 401 to everyone.",
+    )
+    database_url: str | None = Field(
+        None,
+        validation_alias=_env("SPENDGATE_DATABASE_URL"),
+        description="SQLAlchemy database URL (sqlite:///…, postgresql://…, mysql://…).",
+    )
+    database_path: str | None = Field(
+        None,
+        validation_alias=_env("DATABASE_PATH", "SPENDGATE_DATABASE_PATH"),
+        description="A SQLite file path, used when no database URL is set.",
+    )
+    redis_url: str | None = Field(
+        None,
+        validation_alias=_env("SPENDGATE_REDIS_URL"),
+        description="Redis URL for shared limits across instances; none keeps limits in process.",
+    )
+    pricing_file: Path | None = Field(
+        None,
+        validation_alias=_env("SPENDGATE_PRICING_FILE"),
+        description="Price overrides file (JSON or TOML), USD per 1M tokens.",
+    )
+    model_pricing_json: str | None = Field(
+        None,
+        validation_alias=_env("MODEL_PRICING_JSON", "SPENDGATE_MODEL_PRICING_JSON"),
+        description="Inline price overrides as JSON, USD per 1K tokens.",
+    )
+    default_model: str | None = Field(
+        None,
+        validation_alias=_env("SPENDGATE_DEFAULT_MODEL", "MODEL_NAME"),
+        description="Model used when a request names none.",
+    )
+    log_path: Path | None = Field(
+        None,
+        validation_alias=_env("SPENDGATE_LOG_PATH", "PROXY_LOG_PATH"),
+        description="Log file, in addition to stderr.",
+    )
+    host: str = Field(
+        "127.0.0.1",
+        validation_alias=_env("SPENDGATE_HOST"),
+        description="Listen address.",
+    )
+    port: int = Field(
+        8000,
+        ge=0,
+        le=65535,
+        validation_alias=_env("SPENDGATE_PORT", "PORT"),
+        description="Listen port.",
+    )
+    ingest_key: SecretStr | None = Field(
+        None,
+        validation_alias=_env("SPENDGATE_INGEST_KEY", "INGEST_KEY"),
+        description="Key for client-push usage ingestion; none makes /ingest answer 401.",
+    )
+    self_service: bool = Field(
+        False,
+        validation_alias=_env("SPENDGATE_SELF_SERVICE"),
+        description="Allow self-service key requests under /public/keys.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=_env("SPENDGATE_CORS_ORIGINS", "ALLOWED_ORIGINS"),
+        description="Browser origins allowed by CORS (comma list).",
+    )
+    on_disconnect: Literal["drain", "abort"] = Field(
+        "drain",
+        validation_alias=_env("SPENDGATE_ON_DISCONNECT"),
+        description="When a client leaves mid-stream: drain the upstream for its usage, or abort.",
+    )
+    max_drains: int = Field(
+        256,
+        ge=0,
+        validation_alias=_env("SPENDGATE_MAX_DRAINS"),
+        description="How many abandoned streams may be drained at once.",
+    )
+    key_in_path: bool = Field(
+        False,
+        validation_alias=_env("SPENDGATE_KEY_IN_PATH"),
+        description="Accept /{key}/v1/… for clients that can only set a base URL.",
+    )
+    max_body_bytes: int = Field(
+        32 * _MiB,
+        gt=0,
+        validation_alias=_env("SPENDGATE_MAX_BODY_BYTES"),
+        description="Largest request body accepted (413 beyond).",
+    )
+    flush_interval_ms: int = Field(
+        100,
+        gt=0,
+        le=10_000,
+        validation_alias=_env("SPENDGATE_FLUSH_INTERVAL_MS"),
+        description="Longest time a usage event waits before it is written.",
+    )
+    write_queue_max: int = Field(
+        100_000,
+        gt=0,
+        validation_alias=_env("SPENDGATE_WRITE_QUEUE_MAX"),
+        description="Usage events held in memory while the database is slow or down.",
+    )
+    principal_refresh_seconds: float = Field(
+        0.5,
+        gt=0,
+        validation_alias=_env("SPENDGATE_PRINCIPAL_REFRESH_SECONDS"),
+        description="How often the key cache checks the database for changes by other processes.",
+    )
+    metrics_public: bool = Field(
+        True,
+        validation_alias=_env("SPENDGATE_METRICS_PUBLIC"),
+        description="Serve /metrics without the admin token (it holds no secrets).",
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_scheme(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        scheme = value.split(":", 1)[0].split("+", 1)[0].lower()
+        if "://" not in value or scheme not in _DB_SCHEMES:
+            raise ValueError(f"unsupported database URL scheme {scheme!r}")
+        return value
+
+    @field_validator("upstream_base")
+    @classmethod
+    def _check_upstream_base(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("model_pricing_json")
+    @classmethod
+    def _check_pricing_json(cls, value: str | None) -> str | None:
+        import json
+
+        if value is not None and value.strip():
+            try:
+                parsed = json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"malformed JSON ({exc})") from None
+            if not isinstance(parsed, dict):
+                raise ValueError("must be a JSON object of model -> prices")
+        return value or None
+
+    @property
+    def database(self) -> str:
+        """The database URL in effect (URL, else DATABASE_PATH, else ./data/spendgate.db)."""
+        if self.database_url:
+            return self.database_url
+        if self.database_path:
+            return f"sqlite:///{self.database_path}"
+        return "sqlite:///./data/spendgate.db"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        config_path = os.environ.get("SPENDGATE_CONFIG")
+        if config_path:
+            sources.append(InitSettingsSource(settings_cls, read_toml_settings(Path(config_path))))
+        return tuple(sources)
+
+
+def env_name(field: str) -> str:
+    """The primary environment variable name of a settings field."""
+    info = Settings.model_fields[field]
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        first = alias.choices[0]
+        if isinstance(first, str):
+            return first
+    return f"SPENDGATE_{field.upper()}"
+
+
+def read_toml_settings(path: Path) -> dict[str, Any]:
+    """Read a TOML settings file, refusing unknown keys."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"SPENDGATE_CONFIG: file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"SPENDGATE_CONFIG: {path}: {exc}") from None
+    unknown = sorted(set(data) - set(Settings.model_fields))
+    if unknown:
+        raise ConfigError(f"SPENDGATE_CONFIG: {path}: unknown setting(s) {', '.join(unknown)}")
+    return data
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings, turning any validation error into one clear `ConfigError` line."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        name = env_name(field) if field in Settings.model_fields else field
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"invalid setting {name}: {message}") from None

@@ -1,0 +1,70 @@
+"""`spendgate demo`: the gateway plus the built-in fake upstream, ready to try."""
+
+import secrets
+import shlex
+
+from pydantic import SecretStr
+from rich.console import Console
+
+from spendgate.config import Settings
+from spendgate.fake_upstream import FakeUpstream
+from spendgate.keys.material import display_key, hash_key, new_key
+
+
+def run_demo(settings: Settings, host: str, port: int) -> None:
+    """Start a fake upstream and the gateway; print an admin token, a key and a curl line."""
+    from spendgate.app import create_app
+    from spendgate.cli import run_async
+    from spendgate.server import configure_logging, serve_app
+
+    configure_logging(str(settings.log_path) if settings.log_path else None)
+    console = Console()
+
+    async def main() -> None:
+        fake = FakeUpstream()
+        base = await fake.start("127.0.0.1", 0)
+        admin_token = (
+            settings.admin_token.get_secret_value()
+            if settings.admin_token
+            else "demo-admin-" + secrets.token_urlsafe(16)
+        )
+        demo_settings = settings.model_copy(
+            update={
+                "upstream_base": base,
+                "upstream_api_key": SecretStr("demo-upstream-key"),
+                "admin_token": SecretStr(admin_token),
+                "upstream_api_version": None,
+            }
+        )
+        gateway = create_app(demo_settings)
+        key = new_key()
+
+        async def announce() -> None:
+            store = gateway.runtime.store
+            record = await store.create_key("demo", hash_key(key), display_key(key), note="demo key")
+            gateway.runtime.principals.invalidate()
+            url = f"http://{host}:{port}"
+            body = '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello!"}]}'
+            console.print(f"\n[bold]spendgate demo[/bold] on {url} (fake upstream at {base})")
+            console.print(f"  admin token : {admin_token}")
+            console.print(f"  demo key    : {key}  (user 'demo', key id {record.id})")
+            console.print("\nTry it:\n")
+            console.print(
+                f"  curl -s {url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
+                f"-H 'Content-Type: application/json' -d {shlex.quote(body)}",
+                highlight=False, soft_wrap=True,
+            )  # fmt: skip
+            console.print(
+                f"\n  curl -s {url}/me -H 'Authorization: Bearer {key}'\n"
+                f"  curl -s '{url}/admin/usage?group_by=model' "
+                f"-H 'Authorization: Bearer {admin_token}'\n"
+                "  spendgate usage\n\nCtrl-C stops the demo.",
+                highlight=False, soft_wrap=True,
+            )  # fmt: skip
+
+        try:
+            await serve_app(gateway, host, port, announce)
+        finally:
+            await fake.stop()
+
+    run_async(main)

@@ -1,0 +1,1 @@
+"""Gateway keys: generation, hashing, display form, and the in-process principal cache."""

@@ -1,0 +1,121 @@
+"""The principal cache: key hash → (key, user), so the steady state reads no database.
+
+Invalidation has two paths. Changes made through this process (admin API revoke, PATCH)
+call `invalidate()` at once. Changes made by another process (the CLI, another instance)
+bump `meta.principal_generation` in the same transaction; a background task reads that one
+integer every `refresh_seconds` and drops the cache when it moved, so a revoke anywhere is
+effective here within that interval. Unknown keys are remembered briefly too, so a flood of
+bad keys cannot turn into a flood of database reads.
+"""
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from spendgate.errors import InvalidAPIKey
+from spendgate.keys.material import hash_key
+from spendgate.ledger.records import KeyRecord, UserRecord
+from spendgate.ledger.store import Store
+
+_MAX_ENTRIES = 100_000
+_MAX_MISSES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the key used and the user it belongs to."""
+
+    key: KeyRecord
+    user: UserRecord
+
+
+class PrincipalCache:
+    """Resolves gateway keys to principals, caching in process."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        refresh_seconds: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._refresh_seconds = refresh_seconds
+        self._clock = clock
+        self._entries: dict[str, Principal] = {}
+        self._misses: dict[str, float] = {}
+        self._generation = -1
+        self._task: asyncio.Task[None] | None = None
+
+    async def authenticate(self, key: str | None) -> Principal:
+        """The principal for `key`, or `InvalidAPIKey` if missing, unknown, revoked or expired."""
+        if not key:
+            raise InvalidAPIKey("Missing API key. Send it as 'Authorization: Bearer sg-…'.")
+        digest = hash_key(key)
+        principal = self._entries.get(digest)
+        if principal is None:
+            principal = await self._load(digest)
+        check_usable(principal)
+        return principal
+
+    async def _load(self, digest: str) -> Principal:
+        missed_at = self._misses.get(digest)
+        if missed_at is not None and self._clock() - missed_at < self._refresh_seconds:
+            raise InvalidAPIKey("Invalid API key.")
+        found = await self._store.find_key_by_hash(digest)
+        if found is None:
+            if len(self._misses) >= _MAX_MISSES:
+                self._misses.clear()
+            self._misses[digest] = self._clock()
+            raise InvalidAPIKey("Invalid API key.")
+        if len(self._entries) >= _MAX_ENTRIES:
+            self._entries.clear()
+        principal = Principal(key=found[0], user=found[1])
+        self._entries[digest] = principal
+        return principal
+
+    def invalidate(self) -> None:
+        """Forget every cached principal (after any change to users or keys)."""
+        self._entries.clear()
+        self._misses.clear()
+
+    async def start(self) -> None:
+        """Read the current generation and start watching it."""
+        self._generation = await self._store.read_generation()
+        self._task = asyncio.create_task(self._watch(), name="spendgate-principal-refresh")
+
+    async def stop(self) -> None:
+        """Stop watching."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def refresh(self) -> None:
+        """Drop the cache if another process changed users or keys."""
+        generation = await self._store.read_generation()
+        if generation != self._generation:
+            self._generation = generation
+            self.invalidate()
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_seconds)
+            # A database hiccup must not kill the watcher; the next tick retries.
+            with contextlib.suppress(Exception):
+                await self.refresh()
+
+
+def check_usable(principal: Principal) -> None:
+    """Refuse a revoked or expired key, or a disabled user."""
+    key = principal.key
+    if key.revoked_at is not None:
+        raise InvalidAPIKey("This API key has been revoked.")
+    if key.expires_at is not None and key.expires_at <= datetime.now(UTC):
+        raise InvalidAPIKey("This API key has expired.")
+    if principal.user.disabled:
+        raise InvalidAPIKey("The user of this API key is disabled.")

@@ -1,0 +1,1 @@
+"""The ledger: schema, migrations, the batched event writer, and every SQL query."""

@@ -1,0 +1,41 @@
+"""`UsageEvent`: one ledger row, built by the hot path and written by the batched writer."""
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+Source = Literal["proxy", "ingest"]
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    """Everything the ledger keeps about one request.
+
+    `request_id` is unique in the ledger: writing the same event twice counts it once.
+    `cost_usd` is None when the model has no known price.
+    """
+
+    request_id: str
+    timestamp: datetime  # timezone-aware UTC
+    user: str
+    key_id: int | None
+    model: str  # the model priced: the one the upstream served, else the requested one
+    endpoint: str  # "chat/completions", "embeddings", ...
+    method: str
+    status: int
+    stream: bool
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    total_tokens: int
+    cost_usd: Decimal | None
+    latency_ms: int
+    estimated: bool = False
+    source: Source = "proxy"
+    end_user: str | None = None
+    upstream: str | None = None
+    requested_model: str | None = None
+    error_code: str | None = None
+    key_display: str | None = None

@@ -1,0 +1,1 @@
+"""Admission: rate limits, budget and credit reservations, model allow-lists."""

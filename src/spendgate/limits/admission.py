@@ -1,0 +1,60 @@
+"""The admission step of the hot path, as one small interface.
+
+`admit` runs before the upstream call and may refuse (402/403/429) or hold a reservation;
+`settle` replaces the reservation with the real cost once the request ended; `release`
+gives it back when the request never reached a billable end. Backends: in process now,
+Redis for several instances (see limits/ backends as they arrive).
+"""
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Protocol
+
+from spendgate.keys.principals import Principal
+from spendgate.metering.usage import Usage
+from spendgate.proxy.rewrite import PreparedRequest
+
+
+@dataclass(slots=True)
+class Admitted:
+    """What admission granted one request: headers to add and what to settle later."""
+
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    reservation_usd: Decimal = Decimal(0)
+    token: object = None
+
+
+class Admission(Protocol):
+    """Checks and reservations for one request."""
+
+    async def admit(self, principal: Principal, request: PreparedRequest) -> Admitted:
+        """Admit the request or raise a `GatewayError` (402, 403 or 429)."""
+        ...
+
+    async def settle(
+        self, principal: Principal, admitted: Admitted, usage: Usage, cost: Decimal | None
+    ) -> None:
+        """Charge the real usage and cost in place of the reservation."""
+        ...
+
+    async def release(self, principal: Principal, admitted: Admitted) -> None:
+        """Give back the reservation of a request that was not charged."""
+        ...
+
+
+class OpenAdmission:
+    """Admission when no limits, budgets or allow-lists are configured anywhere: admits all."""
+
+    _ADMITTED = Admitted()
+
+    async def admit(self, principal: Principal, request: PreparedRequest) -> Admitted:
+        """Admit every request."""
+        return self._ADMITTED
+
+    async def settle(
+        self, principal: Principal, admitted: Admitted, usage: Usage, cost: Decimal | None
+    ) -> None:
+        """Nothing to charge."""
+
+    async def release(self, principal: Principal, admitted: Admitted) -> None:
+        """Nothing to release."""

@@ -1,0 +1,1 @@
+"""Metering: reading usage from responses, pricing it, estimating tokens. Pure functions."""

@@ -1,0 +1,1 @@
+"""The hot path: path checks, request rewrite, the upstream client, relay and settlement."""

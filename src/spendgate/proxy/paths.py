@@ -1,0 +1,67 @@
+"""Proxy paths: what is forwarded, and refusing anything that would leave `/v1/`."""
+
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+from spendgate.errors import InvalidRequest
+from spendgate.keys.material import looks_like_key
+
+_PREFIX = b"/v1/"
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyPath:
+    """The part of a request path after `/v1/`, raw (as forwarded) and decoded (as metered)."""
+
+    raw: str
+    endpoint: str
+    key: str | None = None
+
+
+def is_proxy_path(path: str, key_in_path: bool) -> bool:
+    """Whether the (decoded) request path belongs to the proxy rather than the API."""
+    if path.startswith("/v1/") or path == "/v1":
+        return True
+    if key_in_path and path.startswith("/sg-"):
+        return "/v1/" in path or path.endswith("/v1")
+    return False
+
+
+def parse_proxy_path(raw_path: bytes, key_in_path: bool) -> ProxyPath:
+    """Split and check a raw request path; `InvalidRequest` (400) on any escape attempt."""
+    key: str | None = None
+    if key_in_path and raw_path.startswith(b"/sg-"):
+        slash = raw_path.find(b"/", 1)
+        candidate = raw_path[1:slash].decode("latin-1") if slash > 0 else ""
+        if not looks_like_key(candidate):
+            raise InvalidRequest("Malformed key in path.")
+        key = candidate
+        raw_path = raw_path[slash:]
+    if raw_path == b"/v1":
+        raw_path = b"/v1/"
+    if not raw_path.startswith(_PREFIX):
+        raise InvalidRequest("Only paths under /v1/ are proxied.")
+    rest = raw_path[len(_PREFIX) :]
+    decoded = _fully_unquote(rest)
+    if b"\\" in decoded or any(byte < 0x20 or byte == 0x7F for byte in decoded):
+        raise InvalidRequest("Path contains forbidden characters.")
+    segments = decoded.split(b"/")
+    # A trailing slash is harmless; an empty segment anywhere else is `//`, which some
+    # URL joiners read as a new host.
+    inner = segments[:-1] if len(segments) > 1 and segments[-1] == b"" else segments
+    if decoded and any(segment in (b"", b".", b"..") for segment in inner):
+        raise InvalidRequest("Path escapes /v1/ after normalisation.")
+    endpoint = decoded.decode("utf-8", "replace").rstrip("/")
+    return ProxyPath(raw=rest.decode("latin-1"), endpoint=endpoint, key=key)
+
+
+def _fully_unquote(raw: bytes) -> bytes:
+    """Percent-decode until stable, so `%252e%252e` is seen as `..` too."""
+    for _ in range(4):
+        if b"%" not in raw:
+            return raw
+        decoded = unquote_to_bytes(raw)
+        if decoded == raw:
+            return raw
+        raw = decoded
+    raise InvalidRequest("Path is encoded too many times.")

@@ -1,0 +1,112 @@
+"""Settlement: price the usage, build the `UsageEvent`, hand it to the writer and metrics."""
+
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from spendgate.keys.principals import Principal
+from spendgate.ledger.events import UsageEvent
+from spendgate.ledger.writer import LedgerWriter
+from spendgate.metering.estimate import TokenEstimator
+from spendgate.metering.pricing import PriceBook
+from spendgate.metering.usage import ZERO_USAGE, Usage
+from spendgate.metrics import GatewayMetrics
+from spendgate.proxy.rewrite import PreparedRequest
+
+
+def new_request_id() -> str:
+    """A unique, unguessable request id."""
+    return "req_" + secrets.token_hex(12)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How a proxied request ended, as far as the ledger cares."""
+
+    status: int
+    usage: Usage | None = None
+    completion_text: str = ""
+    error_code: str | None = None
+    upstream: str | None = None
+
+
+class Recorder:
+    """Turns a finished request into one usage event."""
+
+    def __init__(
+        self,
+        writer: LedgerWriter,
+        prices: PriceBook,
+        estimator: TokenEstimator,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self._writer = writer
+        self._prices = prices
+        self._estimator = estimator
+        self._metrics = metrics
+
+    def price(self, usage: Usage, requested_model: str | None) -> tuple[str | None, Decimal | None]:
+        """The model priced and the exact cost of `usage`."""
+        return self._prices.cost(usage, requested_model)
+
+    def estimate(self, request: PreparedRequest, completion_text: str) -> Usage:
+        """Token counts from the request and the relayed text, when no usage arrived."""
+        if request.json is None or not request.metered:
+            return ZERO_USAGE
+        return self._estimator.estimate_usage(
+            request.endpoint, request.json, request.model, completion_text
+        )
+
+    def record(
+        self,
+        request_id: str,
+        principal: Principal,
+        request: PreparedRequest,
+        outcome: Outcome,
+        started: float,
+    ) -> tuple[Usage, Decimal | None]:
+        """Write the event for one request; returns the usage and cost charged."""
+        estimated = False
+        usage = outcome.usage
+        if usage is None:
+            # Success without reported usage (stream cut, client gone, upstream silent):
+            # count what we can from the request and from what was relayed.
+            if request.metered and outcome.status < 400:
+                usage = self.estimate(request, outcome.completion_text)
+                estimated = True
+            else:
+                usage = ZERO_USAGE
+        if usage.total_tokens or usage.prompt_tokens or usage.completion_tokens:
+            model, cost = self.price(usage, request.model)
+        else:
+            model, cost = usage.model or request.model, Decimal(0)
+        event = UsageEvent(
+            request_id=request_id,
+            timestamp=datetime.now(UTC),
+            user=principal.user.name,
+            key_id=principal.key.id,
+            key_display=principal.key.display,
+            model=model or "",
+            endpoint=request.endpoint,
+            method=request.method,
+            status=outcome.status,
+            stream=request.stream,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            total_tokens=usage.total_tokens,
+            cost_usd=cost,
+            latency_ms=int((time.perf_counter() - started) * 1000),
+            estimated=estimated,
+            source="proxy",
+            end_user=request.end_user,
+            upstream=outcome.upstream,
+            requested_model=request.model,
+            error_code=outcome.error_code,
+        )
+        self._writer.record(event)
+        self._metrics.observe(event)
+        return usage, cost

@@ -1,0 +1,310 @@
+"""The proxy as plain ASGI: authenticate → admit → forward → relay → settle → record.
+
+No framework validation layer sits on this path; each step is a typed call. Three relay
+shapes: SSE streams (relayed event by event through the usage scanner), metered JSON
+(buffered: the cost header needs the usage before the headers go out), and everything
+else (passed through chunk by chunk).
+
+A request that reached the upstream always ends in exactly one `Recorder.record` call:
+on success, on upstream failure, and on client disconnect (from the drain task, or with
+an estimate when the stream is aborted).
+"""
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import aiohttp
+
+from spendgate.errors import GatewayError, InvalidRequest, RequestTooLarge, UpstreamUnavailable
+from spendgate.keys.principals import Principal, PrincipalCache
+from spendgate.limits.admission import Admission, Admitted
+from spendgate.metering.extract import read_usage
+from spendgate.metering.sse import SSEUsageScanner
+from spendgate.money import format_usd
+from spendgate.proxy.drains import DrainPool
+from spendgate.proxy.headers import client_headers, client_key, find_header, upstream_headers
+from spendgate.proxy.paths import parse_proxy_path
+from spendgate.proxy.recorder import Outcome, Recorder, new_request_id
+from spendgate.proxy.rewrite import PreparedRequest, prepare_request
+from spendgate.proxy.upstream import UpstreamClient
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_CHUNK = 64 * 1024
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+class ProxyApp:
+    """The ASGI app serving `/v1/*`."""
+
+    def __init__(
+        self,
+        *,
+        principals: PrincipalCache,
+        admission: Admission,
+        upstream: UpstreamClient,
+        recorder: Recorder,
+        drains: DrainPool,
+        default_model: str | None,
+        max_body_bytes: int,
+        key_in_path: bool,
+        drain_on_disconnect: bool,
+    ) -> None:
+        self._principals = principals
+        self._admission = admission
+        self._upstream = upstream
+        self._recorder = recorder
+        self._drains = drains
+        self._default_model = default_model
+        self._max_body = max_body_bytes
+        self._key_in_path = key_in_path
+        self._drain_on_disconnect = drain_on_disconnect
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request_id = new_request_id()
+        id_header = (b"x-spendgate-request-id", request_id.encode())
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        try:
+            path = parse_proxy_path(scope.get("raw_path") or scope["path"].encode(), self._key_in_path)
+            principal = await self._principals.authenticate(path.key or client_key(headers))
+            body = await self._read_body(receive, headers)
+            end_user = find_header(headers, b"x-user-id")
+            prepared = prepare_request(
+                path.endpoint,
+                scope["method"],
+                find_header(headers, b"content-type"),
+                body,
+                default_model=self._default_model,
+                end_user_header=end_user.decode("latin-1")[:200] if end_user else None,
+            )
+        except GatewayError as exc:
+            await send_error(send, exc, id_header)
+            return
+        except ClientGone:
+            return
+        try:
+            admitted = await self._admission.admit(principal, prepared)
+        except GatewayError as exc:
+            self._recorder.record(
+                request_id, principal, prepared, Outcome(exc.status, error_code=exc.code), started
+            )
+            await send_error(send, exc, id_header)
+            return
+        url = self._upstream.url_for(path.raw, scope.get("query_string", b""))
+        try:
+            response = await self._upstream.send(
+                prepared.method, url, upstream_headers(headers, self._upstream.auth), prepared.body
+            )
+        except GatewayError as exc:
+            await self._finish(
+                request_id, principal, prepared, admitted,
+                Outcome(exc.status, error_code=exc.code), started,
+            )  # fmt: skip
+            await send_error(send, exc, id_header)
+            return
+        head = client_headers(response.raw_headers)
+        head.append(id_header)
+        head.extend(admitted.headers)
+        call = _Call(request_id, principal, prepared, admitted, started, response, head)
+        content_type = response.headers.get("content-type", "")
+        if response.status < 400 and content_type.startswith("text/event-stream"):
+            await self._relay_stream(call, send, receive)
+        elif prepared.metered or response.status >= 400:
+            await self._relay_buffered(call, send)
+        else:
+            await self._relay_passthrough(call, send)
+
+    async def _read_body(self, receive: Receive, headers: list[tuple[bytes, bytes]]) -> bytes:
+        declared = find_header(headers, b"content-length")
+        if declared is not None:
+            try:
+                if int(declared) > self._max_body:
+                    raise RequestTooLarge(f"Request body is over {self._max_body} bytes.")
+            except ValueError:
+                raise InvalidRequest("Malformed Content-Length header.") from None
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body"):
+            if len(body) > self._max_body:
+                raise RequestTooLarge(f"Request body is over {self._max_body} bytes.")
+            return body
+        parts = [body]
+        size = len(body)
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max_body:
+                raise RequestTooLarge(f"Request body is over {self._max_body} bytes.")
+            parts.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(parts)
+
+    async def _relay_buffered(self, call: "_Call", send: Send) -> None:
+        response = call.response
+        try:
+            body = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            response.close()
+            await self._finish_call(call, Outcome(response.status, error_code="upstream_broken"))
+            error = UpstreamUnavailable(f"The upstream response broke ({type(exc).__name__}).")
+            await send_error(send, error, (b"x-spendgate-request-id", call.request_id.encode()))
+            return
+        finally:
+            response.release()
+        usage = read_usage(call.prepared.endpoint, body) if response.status < 400 else None
+        _, cost = await self._finish_call(call, Outcome(response.status, usage=usage))
+        head = call.head
+        head.append((b"content-length", str(len(body)).encode()))
+        if cost is not None:
+            head.append((b"x-spendgate-cost-usd", format_usd(cost).encode()))
+        await send({"type": "http.response.start", "status": response.status, "headers": head})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _relay_passthrough(self, call: "_Call", send: Send) -> None:
+        response = call.response
+        head = call.head
+        head.append((b"x-spendgate-cost-usd", b"0"))
+        await send({"type": "http.response.start", "status": response.status, "headers": head})
+        try:
+            async for chunk in response.content.iter_chunked(_CHUNK):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (aiohttp.ClientError, TimeoutError):
+            pass  # headers are out; all we can do is end the body
+        finally:
+            response.release()
+        await send({"type": "http.response.body", "body": b""})
+        await self._finish_call(call, Outcome(response.status))
+
+    async def _relay_stream(self, call: "_Call", send: Send, receive: Receive) -> None:
+        response = call.response
+        scanner = SSEUsageScanner(
+            call.prepared.endpoint, strip_usage_chunk=not call.prepared.client_wants_usage
+        )
+        await send({"type": "http.response.start", "status": response.status, "headers": call.head})
+        # The request body is fully read, so the next receive() only returns on disconnect.
+        disconnected = asyncio.ensure_future(receive())
+        content = response.content
+        try:
+            while True:
+                chunk = await content.readany()
+                if not chunk:
+                    break
+                out = scanner.feed(chunk)
+                if disconnected.done():
+                    await self._abandon(call, scanner)
+                    return
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            outcome_error = None
+        except (aiohttp.ClientError, TimeoutError):
+            response.close()
+            outcome_error = "upstream_broken"
+        finally:
+            if not disconnected.done():
+                disconnected.cancel()
+        tail = scanner.finish()
+        await send({"type": "http.response.body", "body": tail})
+        response.release()
+        await self._finish_call(call, _stream_outcome(response.status, scanner, outcome_error))
+
+    async def _abandon(self, call: "_Call", scanner: SSEUsageScanner) -> None:
+        """The client left mid-stream: drain the upstream for its usage, or abort."""
+        if scanner.usage is None and self._drain_on_disconnect:
+            if self._drains.try_start(self._drain(call, scanner)):
+                return
+        call.response.close()
+        await self._finish_call(
+            call, _stream_outcome(call.response.status, scanner, "client_disconnected")
+        )
+
+    async def _drain(self, call: "_Call", scanner: SSEUsageScanner) -> None:
+        content = call.response.content
+        error = "client_disconnected"
+        try:
+            while scanner.usage is None:
+                chunk = await content.readany()
+                if not chunk:
+                    break
+                scanner.feed(chunk)
+            scanner.finish()
+        except (aiohttp.ClientError, TimeoutError):
+            error = "upstream_broken"
+        finally:
+            call.response.close()
+        await self._finish_call(call, _stream_outcome(call.response.status, scanner, error))
+
+    async def _finish_call(self, call: "_Call", outcome: Outcome) -> tuple[Any, Any]:
+        return await self._finish(
+            call.request_id, call.principal, call.prepared, call.admitted, outcome, call.started
+        )
+
+    async def _finish(
+        self,
+        request_id: str,
+        principal: Principal,
+        prepared: PreparedRequest,
+        admitted: Admitted,
+        outcome: Outcome,
+        started: float,
+    ) -> tuple[Any, Any]:
+        usage, cost = self._recorder.record(request_id, principal, prepared, outcome, started)
+        await self._admission.settle(principal, admitted, usage, cost)
+        return usage, cost
+
+
+class _Call:
+    """One forwarded request whose response is being relayed."""
+
+    __slots__ = ("admitted", "head", "prepared", "principal", "request_id", "response", "started")
+
+    def __init__(
+        self,
+        request_id: str,
+        principal: Principal,
+        prepared: PreparedRequest,
+        admitted: Admitted,
+        started: float,
+        response: aiohttp.ClientResponse,
+        head: list[tuple[bytes, bytes]],
+    ) -> None:
+        self.request_id = request_id
+        self.principal = principal
+        self.prepared = prepared
+        self.admitted = admitted
+        self.started = started
+        self.response = response
+        self.head = head
+
+
+def _stream_outcome(status: int, scanner: SSEUsageScanner, error: str | None) -> Outcome:
+    usage = scanner.usage
+    return Outcome(
+        status,
+        usage=usage,
+        completion_text=scanner.completion_text() if usage is None else "",
+        error_code=error if usage is None else None,
+    )
+
+
+async def send_error(send: Send, error: GatewayError, *extra: tuple[bytes, bytes]) -> None:
+    """Answer with the OpenAI-shaped error body of `error`."""
+    body = error.body()
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode()), *extra]
+    headers.extend(error.headers)
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

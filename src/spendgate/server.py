@@ -1,0 +1,58 @@
+"""Running the gateway under an ASGI server (uvicorn with uvloop and httptools)."""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import uvicorn
+
+from spendgate.app import SpendgateApp
+
+
+def uvicorn_config(app: SpendgateApp, host: str, port: int) -> uvicorn.Config:
+    """The server settings: fast event loop and parser, no access log on the hot path."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        timeout_keep_alive=75,
+        server_header=False,
+        date_header=True,
+    )
+
+
+async def serve_app(
+    app: SpendgateApp,
+    host: str,
+    port: int,
+    on_started: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM; uvicorn lets in-flight streams finish, then the lifespan drains."""
+    server = uvicorn.Server(uvicorn_config(app, host, port))
+    if on_started is None:
+        await server.serve()
+        return
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            await task
+            return
+        await asyncio.sleep(0.05)
+    await on_started()
+    await task
+
+
+def configure_logging(log_path: str | None) -> None:
+    """Log to stderr and, if configured, to a file."""
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if log_path:
+        handlers.append(logging.FileHandler(log_path))
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers, force=True,
+    )  # fmt: skip
