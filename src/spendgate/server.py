@@ -56,3 +56,4 @@ def configure_logging(log_path: str | None) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         handlers=handlers, force=True,
     )  # fmt: skip
+    logging.getLogger("alembic").setLevel(logging.WARNING)
