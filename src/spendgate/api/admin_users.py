@@ -8,7 +8,7 @@ from fastapi import APIRouter
 
 from spendgate.api.deps import AdminDep, RuntimeDep
 from spendgate.api.schemas import UserCreate, UserPatch, user_json
-from spendgate.errors import NotFound
+from spendgate.errors import InvalidRequest, NotFound
 from spendgate.exact_json import ExactJSONResponse
 from spendgate.ledger.records import UserRecord
 from spendgate.ledger.reports import UsageFilter, usage_report
@@ -66,6 +66,8 @@ async def get_user(name: str, runtime: RuntimeDep) -> ExactJSONResponse:
 async def update_user(name: str, body: UserPatch, runtime: RuntimeDep) -> ExactJSONResponse:
     """Change a user's email, budget, limits or disabled flag."""
     fields = body.model_dump(exclude_unset=True)
+    if fields.get("disabled", False) is None:
+        raise InvalidRequest("'disabled' must be true or false.", param="disabled")
     if "limits" in fields:
         fields["limits"] = body.limits.as_dict() if body.limits else None
     user = await runtime.store.update_user(name, **fields)

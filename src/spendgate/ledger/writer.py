@@ -1,0 +1,385 @@
+"""The one background task that writes usage events to the ledger in batches.
+
+The hot path only appends to an in-memory queue (`LedgerWriter.record`). The task takes
+up to `max_batch` events at a time, waiting at most `flush_interval` after the first, and
+writes each batch in one transaction: the new events, their daily rollups and the keys'
+`last_used_at`. A failed batch is kept and retried with backoff. Events whose request id
+is already in the ledger are skipped, so a retry after a commit whose answer was lost
+never counts anything twice.
+"""
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import String, bindparam, insert, or_, select, update
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.dml import Insert
+
+from spendgate.ledger.events import UsageEvent
+from spendgate.ledger.schema import (
+    ROLLUP_KEY,
+    ROLLUP_SUMS,
+    ApiKey,
+    UsageDaily,
+    UsageEventRow,
+    UTCDateTime,
+)
+from spendgate.money import usd_to_pico
+
+logger = logging.getLogger(__name__)
+
+_FIRST_BACKOFF = 0.05
+_MAX_BACKOFF = 2.0
+_SELECT_CHUNK = 500  # request ids per IN (...) lookup
+_EVENTS = UsageEventRow.__table__
+_DAILY = UsageDaily.__table__
+_STRING_LIMITS = {
+    column.name: column.type.length
+    for column in _EVENTS.columns
+    if isinstance(column.type, String) and column.type.length and column.name != "request_id"
+}
+_REQUEST_ID_LEN = 64
+
+OnWritten = Callable[[Sequence[UsageEvent]], None]
+
+
+class LedgerWriter:
+    """Queue of usage events and the task that writes them in batched transactions."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        flush_interval: float = 0.1,
+        max_batch: int = 1000,
+        max_queue: int = 100_000,
+        on_written: OnWritten | None = None,
+    ) -> None:
+        self._engine = engine
+        self._flush_interval = flush_interval
+        self._max_batch = max_batch
+        self._max_queue = max_queue
+        self._on_written = on_written
+        self._queue: deque[UsageEvent] = deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._closed = False
+        # Events accepted by record() and events done (committed or skipped as duplicates);
+        # flush() waits for `done` to reach the `accepted` it saw.
+        self._accepted = 0
+        self._done = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._written = 0
+        self._dropped = 0
+        self._retries = 0
+        self._last_error: str | None = None
+        self._last_flush_seconds = 0.0
+
+    @property
+    def queue_depth(self) -> int:
+        """Events recorded and not yet committed (including the batch being written)."""
+        return self._accepted - self._done
+
+    @property
+    def written(self) -> int:
+        """Events inserted into the ledger (duplicates skipped are not counted)."""
+        return self._written
+
+    @property
+    def dropped(self) -> int:
+        """Events refused because the queue was full or the writer was stopped."""
+        return self._dropped
+
+    @property
+    def retries(self) -> int:
+        """Failed batch writes that were retried."""
+        return self._retries
+
+    @property
+    def last_error(self) -> str | None:
+        """The error of the last failed write, None once a write succeeds again."""
+        return self._last_error
+
+    @property
+    def last_flush_seconds(self) -> float:
+        """Duration of the last successful batch write."""
+        return self._last_flush_seconds
+
+    def start(self) -> None:
+        """Start the writer task on the running event loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-writer")
+            self._task.add_done_callback(self._fail_waiters)
+
+    def record(self, event: UsageEvent) -> None:
+        """Queue one event for writing; never blocks (a full queue drops and counts it)."""
+        queue = self._queue
+        if self._closed or len(queue) >= self._max_queue:
+            self._dropped += 1
+            return
+        queue.append(event)
+        self._accepted += 1
+        if len(queue) == 1 or len(queue) >= self._max_batch:
+            self._wakeup.set()
+
+    async def flush(self) -> None:
+        """Return once every event recorded before this call is committed."""
+        target = self._accepted
+        if self._done >= target:
+            return
+        if self._task is None or self._task.done():
+            raise RuntimeError("the ledger writer is not running")
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, waiter))
+        self._wakeup.set()
+        await waiter
+
+    async def stop(self) -> None:
+        """Write everything queued, then end the task (cancelling stop() cancels the task)."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._task is None and self._queue:
+            self.start()
+        if self._task is not None:
+            await self._task
+        self._closed = True
+
+    async def _run(self) -> None:
+        while batch := await self._next_batch():
+            inserted = await self._write_until_done(batch)
+            self._done += len(batch)
+            self._written += len(inserted)
+            self._resolve_waiters()
+            if inserted and self._on_written is not None:
+                try:
+                    self._on_written(inserted)
+                except Exception:  # a listener's bug must not stop the ledger
+                    logger.exception("ledger on_written callback failed")
+
+    async def _next_batch(self) -> list[UsageEvent]:
+        """Wait for events, then gather until the interval or the batch size is reached."""
+        queue = self._queue
+        while not queue:
+            if self._stopping:
+                return []
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._flush_interval
+        while len(queue) < self._max_batch and not self._stopping and not self._waiters:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
+        return [queue.popleft() for _ in range(min(len(queue), self._max_batch))]
+
+    async def _write_until_done(self, batch: list[UsageEvent]) -> list[UsageEvent]:
+        delay = _FIRST_BACKOFF
+        while True:
+            started = time.perf_counter()
+            try:
+                inserted = await write_events(self._engine, batch)
+            except Exception as error:  # the writer's outer edge: keep the batch, retry
+                self._retries += 1
+                log = logger.debug if self._last_error else logger.warning
+                self._last_error = _describe(error)
+                log("ledger write of %d events failed, retrying: %s", len(batch), self._last_error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MAX_BACKOFF)
+                continue
+            self._last_flush_seconds = time.perf_counter() - started
+            if self._last_error is not None:
+                logger.info("ledger writes succeed again")
+                self._last_error = None
+            return inserted
+
+    def _resolve_waiters(self) -> None:
+        pending = []
+        for target, waiter in self._waiters:
+            if self._done >= target:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                pending.append((target, waiter))
+        self._waiters = pending
+
+    def _fail_waiters(self, _task: "asyncio.Task[None]") -> None:
+        for _, waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(RuntimeError("the ledger writer stopped"))
+        self._waiters = []
+
+
+async def write_events(engine: AsyncEngine, events: Iterable[UsageEvent]) -> list[UsageEvent]:
+    """Write events not yet in the ledger in one transaction; return those inserted."""
+    unique: dict[str, tuple[UsageEvent, dict[str, Any]]] = {}
+    for event in events:
+        row = _event_row(event)
+        unique.setdefault(row["request_id"], (event, row))
+    if not unique:
+        return []
+    async with engine.begin() as conn:
+        existing = await _existing_request_ids(conn, list(unique))
+        fresh = [pair for request_id, pair in unique.items() if request_id not in existing]
+        if not fresh:
+            return []
+        rows = [row for _, row in fresh]
+        displays = await _key_displays(conn, {row["key_id"] for row in rows} - {None})
+        for row in rows:
+            row["key_display"] = displays.get(row["key_id"])
+        await conn.execute(insert(UsageEventRow), rows)
+        await _add_to_rollups(conn, rows)
+        await _touch_keys(conn, rows)
+    return [event for event, _ in fresh]
+
+
+def _event_row(event: UsageEvent) -> dict[str, Any]:
+    ts = event.timestamp
+    ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    row: dict[str, Any] = {
+        "request_id": _fit_request_id(event.request_id),
+        "ts": ts,
+        "day": ts.date(),
+        "user_name": event.user,
+        "key_id": event.key_id,
+        "key_display": None,
+        "model": event.model,
+        "requested_model": event.requested_model,
+        "endpoint": event.endpoint,
+        "method": event.method,
+        "status": event.status,
+        "stream": event.stream,
+        "prompt_tokens": event.prompt_tokens,
+        "completion_tokens": event.completion_tokens,
+        "cached_tokens": event.cached_tokens,
+        "reasoning_tokens": event.reasoning_tokens,
+        "total_tokens": event.total_tokens,
+        "cost_pico": None if event.cost_usd is None else usd_to_pico(event.cost_usd),
+        "latency_ms": event.latency_ms,
+        "estimated": event.estimated,
+        "source": event.source,
+        "end_user": event.end_user,
+        "upstream": event.upstream,
+        "error_code": event.error_code,
+    }
+    # A client-chosen model name or path longer than its column (or holding NUL, which
+    # PostgreSQL refuses) would fail the whole batch on every retry: cut it to fit instead.
+    for name, limit in _STRING_LIMITS.items():
+        value = row[name]
+        if isinstance(value, str) and (len(value) > limit or "\x00" in value):
+            row[name] = value.replace("\x00", "")[:limit]
+    return row
+
+
+def _fit_request_id(request_id: str) -> str:
+    """Request ids that do not fit are replaced by their sha256, which keeps them unique."""
+    if len(request_id) <= _REQUEST_ID_LEN and "\x00" not in request_id:
+        return request_id
+    return hashlib.sha256(request_id.encode()).hexdigest()
+
+
+async def _existing_request_ids(conn: AsyncConnection, request_ids: list[str]) -> set[str]:
+    existing: set[str] = set()
+    column = UsageEventRow.request_id
+    for start in range(0, len(request_ids), _SELECT_CHUNK):
+        chunk = request_ids[start : start + _SELECT_CHUNK]
+        existing.update(await conn.scalars(select(column).where(column.in_(chunk))))
+    return existing
+
+
+async def _key_displays(conn: AsyncConnection, key_ids: set[int]) -> dict[int, str]:
+    if not key_ids:
+        return {}
+    query = select(ApiKey.id, ApiKey.display).where(ApiKey.id.in_(sorted(key_ids)))
+    return {key_id: display for key_id, display in (await conn.execute(query)).all()}
+
+
+async def _add_to_rollups(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    sums: dict[tuple[Any, ...], list[int]] = {}
+    for row in rows:
+        key = (
+            row["day"],
+            row["user_name"],
+            row["key_id"] or 0,
+            row["model"],
+            row["source"],
+            row["end_user"] or "",
+            row["upstream"] or "",
+        )
+        cost = row["cost_pico"]
+        add = (
+            1,
+            row["prompt_tokens"],
+            row["completion_tokens"],
+            row["cached_tokens"],
+            row["reasoning_tokens"],
+            row["total_tokens"],
+            cost or 0,
+            cost is None,
+            row["estimated"],
+        )
+        total = sums.setdefault(key, [0] * len(ROLLUP_SUMS))
+        for index, amount in enumerate(add):
+            total[index] += int(amount)
+    # Sorted, so concurrent writers on other instances lock rollup rows in the same order.
+    params = [
+        dict(zip(ROLLUP_KEY, key, strict=True)) | dict(zip(ROLLUP_SUMS, total, strict=True))
+        for key, total in sorted(sums.items())
+    ]
+    await conn.execute(_rollup_upsert(conn.dialect.name), params)
+
+
+def _rollup_upsert(dialect: str) -> Insert:
+    """INSERT a rollup row, or add its sums to the existing row with the same key."""
+    if dialect == "mysql":
+        stmt = mysql.insert(UsageDaily)
+        return stmt.on_duplicate_key_update(
+            {name: _DAILY.c[name] + stmt.inserted[name] for name in ROLLUP_SUMS}
+        )
+    if dialect in ("postgresql", "sqlite"):
+        stmt_pg = (
+            postgresql.insert(UsageDaily) if dialect == "postgresql" else sqlite.insert(UsageDaily)
+        )
+        return stmt_pg.on_conflict_do_update(
+            index_elements=list(ROLLUP_KEY),
+            set_={name: _DAILY.c[name] + stmt_pg.excluded[name] for name in ROLLUP_SUMS},
+        )
+    raise ValueError(f"unsupported database dialect '{dialect}'")
+
+
+async def _touch_keys(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    last_used: dict[int, datetime] = {}
+    for row in rows:
+        key_id = row["key_id"]
+        if key_id is not None and (key_id not in last_used or row["ts"] > last_used[key_id]):
+            last_used[key_id] = row["ts"]
+    if not last_used:
+        return
+    used_at = bindparam("used_at", type_=UTCDateTime())
+    stmt = (
+        update(ApiKey)
+        .where(ApiKey.id == bindparam("used_key"))
+        .where(or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < used_at))
+        .values(last_used_at=used_at)
+    )
+    params = [{"used_key": key, "used_at": ts} for key, ts in sorted(last_used.items())]
+    await conn.execute(stmt, params)
+
+
+def _describe(error: Exception) -> str:
+    """The driver's message (not the SQL and its parameters, which may be huge)."""
+    cause = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
+    return f"{type(cause).__name__}: {cause}"[:500]
