@@ -18,7 +18,6 @@ from spendgate.config import Settings, load_settings
 from spendgate.fake_upstream import FakeUpstream
 from spendgate.keys.material import display_key, hash_key, new_key
 from spendgate.server import uvicorn_config
-
 from tests.support import ADMIN_TOKEN, UPSTREAM_KEY
 
 

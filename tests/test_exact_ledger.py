@@ -7,6 +7,7 @@ from decimal import Decimal
 
 from spendgate.metering.pricing import PriceBook
 
+
 def exact(text: str):
     """Parse JSON keeping numbers with a fraction as exact decimals."""
     return json.loads(text, parse_float=Decimal)

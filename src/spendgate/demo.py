@@ -41,7 +41,9 @@ def run_demo(settings: Settings, host: str, port: int) -> None:
 
         async def announce() -> None:
             store = gateway.runtime.store
-            record = await store.create_key("demo", hash_key(key), display_key(key), note="demo key")
+            record = await store.create_key(
+                "demo", hash_key(key), display_key(key), note="demo key"
+            )
             gateway.runtime.principals.invalidate()
             url = f"http://{host}:{port}"
             body = '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello!"}]}'

@@ -9,9 +9,13 @@ from spendgate.ledger.events import UsageEvent
 # Name → one-line documentation. The README test checks every name here is documented.
 METRIC_DOCS = {
     "spendgate_requests_total": "Requests recorded, by endpoint, model and status code.",
-    "spendgate_tokens_total": "Tokens recorded, by model and kind (prompt, completion, cached, reasoning).",
+    "spendgate_tokens_total": (
+        "Tokens recorded, by model and kind (prompt, completion, cached, reasoning)."
+    ),
     "spendgate_cost_usd_total": "Cost recorded in USD, by model.",
-    "spendgate_request_duration_seconds": "Time from request to the end of the response, by endpoint.",
+    "spendgate_request_duration_seconds": (
+        "Time from request to the end of the response, by endpoint."
+    ),
     "spendgate_rate_limited_total": "Requests refused by a rate limit.",
     "spendgate_budget_rejected_total": "Requests refused for budget or credit, by code.",
     "spendgate_usage_events_dropped_total": "Usage events lost because the write queue was full.",

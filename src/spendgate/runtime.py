@@ -26,7 +26,9 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         try:
-            self.prices = PriceBook(load_overrides(settings.pricing_file, settings.model_pricing_json))
+            self.prices = PriceBook(
+                load_overrides(settings.pricing_file, settings.model_pricing_json)
+            )
             database_url = normalize_database_url(settings.database)
         except (PricingConfigError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
@@ -43,7 +45,9 @@ class Runtime:
         self.principals = PrincipalCache(
             self.store, refresh_seconds=settings.principal_refresh_seconds
         )
-        api_key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
+        api_key = (
+            settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
+        )
         self.upstream = UpstreamClient(
             UpstreamTarget(
                 name="default",

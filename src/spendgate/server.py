@@ -32,7 +32,7 @@ async def serve_app(
     port: int,
     on_started: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM; uvicorn lets in-flight streams finish, then the lifespan drains."""
+    """Serve until SIGINT/SIGTERM: in-flight streams finish, then the lifespan drains the queue."""
     server = uvicorn.Server(uvicorn_config(app, host, port))
     if on_started is None:
         await server.serve()

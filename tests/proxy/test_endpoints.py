@@ -30,7 +30,8 @@ async def test_chat_completion_carries_cost_and_request_id(gateway, upstream):
     completion = raw.parse()
     usage = completion.usage
     expected = (
-        Decimal(usage.prompt_tokens) * Decimal("0.15") + Decimal(usage.completion_tokens) * Decimal("0.6")
+        Decimal(usage.prompt_tokens) * Decimal("0.15")
+        + Decimal(usage.completion_tokens) * Decimal("0.6")
     ) / 10**6
     assert Decimal(raw.headers["x-spendgate-cost-usd"]) == expected
     assert raw.headers["x-spendgate-request-id"].startswith("req_")

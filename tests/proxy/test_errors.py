@@ -131,7 +131,10 @@ async def test_slow_upstream_is_a_504(make_gateway, upstream):
     async with make_gateway(upstream_timeout=0.2) as gateway:
         response = await gateway.http().get(
             "/v1/models",
-            headers={"Authorization": f"Bearer {await gateway.new_key()}", "x-fake-latency-ms": "2000"},
+            headers={
+                "Authorization": f"Bearer {await gateway.new_key()}",
+                "x-fake-latency-ms": "2000",
+            },
         )
         assert response.status_code == 504 and error_of(response) == "upstream_timeout"
 
@@ -151,7 +154,10 @@ async def test_malformed_json_on_a_metered_endpoint_is_a_400(gateway, upstream):
     response = await gateway.http().post(
         "/v1/chat/completions",
         content=b"{not json",
-        headers={"Authorization": f"Bearer {await gateway.new_key()}", "content-type": "application/json"},
+        headers={
+            "Authorization": f"Bearer {await gateway.new_key()}",
+            "content-type": "application/json",
+        },
     )
     assert response.status_code == 400 and error_of(response) == "invalid_request"
     assert upstream.stats.received == 0
@@ -162,7 +168,9 @@ async def test_upstream_key_never_appears_in_gateway_answers(gateway, upstream):
     http = gateway.http()
     answers = [
         await http.get("/v1/models", headers={"Authorization": f"Bearer {key}"}),
-        await http.get("/v1/models", headers={"Authorization": f"Bearer {key}", "x-fake-status": "401"}),
+        await http.get(
+            "/v1/models", headers={"Authorization": f"Bearer {key}", "x-fake-status": "401"}
+        ),
         await http.get("/v1/models", headers={"Authorization": "Bearer wrong"}),
     ]
     for answer in answers:

@@ -27,6 +27,11 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine this store writes through (reports read through it too)."""
+        return self._engine
+
     # users
 
     async def create_user(

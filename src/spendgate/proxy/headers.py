@@ -51,7 +51,9 @@ def upstream_headers(
 
 def client_headers(upstream: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Upstream response headers fit to relay to the client."""
-    return [(name.lower(), value) for name, value in upstream if name.lower() not in _NOT_RELAYED_DOWN]
+    return [
+        (name.lower(), value) for name, value in upstream if name.lower() not in _NOT_RELAYED_DOWN
+    ]
 
 
 def find_header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:

@@ -75,7 +75,9 @@ class ProxyApp:
         id_header = (b"x-spendgate-request-id", request_id.encode())
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         try:
-            path = parse_proxy_path(scope.get("raw_path") or scope["path"].encode(), self._key_in_path)
+            path = parse_proxy_path(
+                scope.get("raw_path") or scope["path"].encode(), self._key_in_path
+            )
             principal = await self._principals.authenticate(path.key or client_key(headers))
             body = await self._read_body(receive, headers)
             end_user = find_header(headers, b"x-user-id")
@@ -224,9 +226,12 @@ class ProxyApp:
 
     async def _abandon(self, call: "_Call", scanner: SSEUsageScanner) -> None:
         """The client left mid-stream: drain the upstream for its usage, or abort."""
-        if scanner.usage is None and self._drain_on_disconnect:
-            if self._drains.try_start(self._drain(call, scanner)):
-                return
+        if (
+            scanner.usage is None
+            and self._drain_on_disconnect
+            and self._drains.try_start(self._drain(call, scanner))
+        ):
+            return
         call.response.close()
         await self._finish_call(
             call, _stream_outcome(call.response.status, scanner, "client_disconnected")

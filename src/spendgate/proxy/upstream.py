@@ -4,7 +4,6 @@ aiohttp is used because it measured ~10x faster than httpx for this job (DESIGN.
 Connection and header-wait failures are mapped to gateway errors here, at the boundary.
 """
 
-import asyncio
 from dataclasses import dataclass
 
 import aiohttp
@@ -77,7 +76,9 @@ class UpstreamClient:
         """The upstream URL of a proxied path, with the api-version added if configured."""
         query_text = query.decode("latin-1")
         if self._version_query and b"api-version=" not in query:
-            query_text = f"{query_text}&{self._version_query}" if query_text else self._version_query
+            query_text = (
+                f"{query_text}&{self._version_query}" if query_text else self._version_query
+            )
         url = f"{self._base}/{raw_path}"
         if query_text:
             url = f"{url}?{query_text}"
@@ -102,7 +103,7 @@ class UpstreamClient:
                 data=body if body else None,
                 allow_redirects=False,
             )
-        except (TimeoutError, asyncio.TimeoutError) as exc:
+        except TimeoutError as exc:
             raise UpstreamTimeout("The upstream did not answer in time.") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamUnavailable(
