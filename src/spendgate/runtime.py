@@ -1,7 +1,5 @@
 """The runtime: every long-lived component, built from settings, started in the lifespan."""
 
-import asyncio
-import contextlib
 import logging
 
 from spendgate.config import ConfigError, Settings
@@ -62,14 +60,10 @@ class Runtime:
         self.admission: Admission = OpenAdmission()
         self.drains = DrainPool(settings.max_drains)
         self.recorder = Recorder(self.writer, self.prices, self.estimator, self.metrics)
-        self._warming: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         """Migrate the database, start the writer, the key-cache watcher and the upstream pool."""
         await upgrade(self.engine)
-        # Loading the tokenizer vocabularies takes ~0.3 s: do it off the event loop, in the
-        # background, so the first estimate does not stall requests.
-        self._warming = asyncio.get_running_loop().run_in_executor(None, self.estimator.warm)
         self.writer.start()
         await self.principals.start()
         await self.upstream.open()
@@ -81,6 +75,4 @@ class Runtime:
         await self.principals.stop()
         await self.upstream.close()
         await self.engine.dispose()
-        if self._warming is not None:
-            with contextlib.suppress(Exception):
-                await self._warming
+

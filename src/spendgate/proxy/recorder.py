@@ -1,5 +1,6 @@
 """Settlement: price the usage, build the `UsageEvent`, hand it to the writer and metrics."""
 
+import asyncio
 import secrets
 import time
 from dataclasses import dataclass
@@ -50,6 +51,20 @@ class Recorder:
     def price(self, usage: Usage, requested_model: str | None) -> tuple[str | None, Decimal | None]:
         """The model priced and the exact cost of `usage`."""
         return self._prices.cost(usage, requested_model)
+
+    async def prepare_estimate(self, request: PreparedRequest, outcome: Outcome) -> None:
+        """Load the tokenizer an estimate will need, off the event loop, if not yet loaded.
+
+        Vocabularies cost ~40-70 MB each and are needed only when usage never arrives, so
+        they are loaded on first need rather than at start-up.
+        """
+        if (
+            outcome.usage is None
+            and request.metered
+            and outcome.status < 400
+            and not self._estimator.is_loaded_for(request.model)
+        ):
+            await asyncio.to_thread(self._estimator.load_for, request.model)
 
     def estimate(self, request: PreparedRequest, completion_text: str) -> Usage:
         """Token counts from the request and the relayed text, when no usage arrived."""
