@@ -5,16 +5,18 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 import uvloop
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from spendgate.config import ConfigError, Settings, load_settings
 
 T = TypeVar("T")
+_PIPED_WIDTH = 10_000
 
 app = typer.Typer(
     help="spendgate: a self-hosted, OpenAI-compatible LLM gateway with an exact usage ledger.",
@@ -45,10 +47,33 @@ COMMAND_DOCS = {
 }
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Print one clear line and exit with status 2."""
-    Console(stderr=True).print(f"[red]spendgate:[/red] {message}", highlight=False)
+    # soft_wrap: never break the line at the console width (80 columns when piped).
+    # escape: the message may quote user input holding Rich markup such as "[/x]".
+    Console(stderr=True).print(
+        f"[red]spendgate:[/red] {escape(message)}", highlight=False, soft_wrap=True
+    )
     raise typer.Exit(2)
+
+
+def table_console() -> Console:
+    """A console for tables: the terminal's width, or unbounded when the output is piped."""
+    console = Console()
+    # Piped output has no width; Rich's default of 80 columns would cut keys and amounts.
+    return console if console.is_terminal else Console(width=_PIPED_WIDTH)
+
+
+def check_user_name(name: str) -> None:
+    """Refuse a user name the admin API could not address (it forbids '/' and controls)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from spendgate.api.schemas import Name
+
+    try:
+        TypeAdapter(Name).validate_python(name)
+    except ValidationError:
+        fail(f"invalid user name {name!r}: 1-200 characters, no '/' or control characters.")
 
 
 def settings_or_exit(**overrides: Any) -> Settings:
@@ -68,12 +93,22 @@ def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 async def with_store(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
     """Open the ledger (migrated), run `action(store)`, close it."""
+    from sqlalchemy.exc import DBAPIError
+
     from spendgate.ledger.engine import create_engine, normalize_database_url, upgrade
     from spendgate.ledger.store import Store
 
-    engine = create_engine(normalize_database_url(settings.database))
     try:
-        await upgrade(engine)
+        engine = create_engine(normalize_database_url(settings.database))
+    except OSError as exc:  # the SQLite file's directory cannot be created
+        fail(f"cannot open the database (SPENDGATE_DATABASE_URL): {exc.strerror}: {exc.filename}")
+    try:
+        try:
+            await upgrade(engine)
+        except (OSError, DBAPIError) as exc:
+            # Name the cause, never the URL: it may hold a password.
+            cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+            fail(f"cannot open the database (SPENDGATE_DATABASE_URL): {cause}")
         return await action(Store(engine))
     finally:
         await engine.dispose()
@@ -95,7 +130,10 @@ def _serve(settings: Settings, host: str, port: int, banner: str | None = None) 
     from spendgate.app import create_app
     from spendgate.server import configure_logging, serve_app
 
-    configure_logging(str(settings.log_path) if settings.log_path else None)
+    try:
+        configure_logging(str(settings.log_path) if settings.log_path else None)
+    except OSError as exc:
+        fail(f"invalid setting SPENDGATE_LOG_PATH: cannot open {settings.log_path}: {exc.strerror}")
     try:
         gateway = create_app(settings)
     except ConfigError as exc:
@@ -144,7 +182,12 @@ def init(
 
     if path.exists():
         fail(f"{path} exists; not overwriting it.")
-    write_env_file(path)
+    try:
+        write_env_file(path)
+    except FileExistsError:  # created since the check above
+        fail(f"{path} exists; not overwriting it.")
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror}")
     typer.echo(f"wrote {path}: set SPENDGATE_UPSTREAM_API_KEY, then run `spendgate serve`.")
 
 
@@ -158,6 +201,7 @@ def keys_create(
     """Create a key for a user; it is shown once."""
     from spendgate.keys.material import display_key, hash_key, new_key
 
+    check_user_name(user)
     settings = settings_or_exit()
     key = new_key()
     globs = [item.strip() for item in models.split(",") if item.strip()] if models else None
@@ -173,7 +217,9 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list(user: Annotated[str | None, typer.Option(help="Only this user's keys.")] = None) -> None:
+def keys_list(
+    user: Annotated[str | None, typer.Option(help="Only this user's keys.")] = None,
+) -> None:
     """List keys in display form."""
     settings = settings_or_exit()
     records = run_async(lambda: with_store(settings, lambda store: store.list_keys(user)))
@@ -184,12 +230,13 @@ def keys_list(user: Annotated[str | None, typer.Option(help="Only this user's ke
             _when(record.created_at), _when(record.revoked_at), _when(record.expires_at),
             _when(record.last_used_at),
         )  # fmt: skip
-    Console().print(table)
+    table_console().print(table)
 
 
 @keys_app.command("revoke")
 def keys_revoke(id_or_key: Annotated[str, typer.Argument(help="Key id or the full key.")]) -> None:
     """Revoke a key by id or full key."""
+    from spendgate.api.admin_keys import parse_key_id
     from spendgate.keys.material import hash_key, looks_like_key
 
     settings = settings_or_exit()
@@ -199,7 +246,7 @@ def keys_revoke(id_or_key: Annotated[str, typer.Argument(help="Key id or the ful
             found = await store.find_key_by_hash(hash_key(id_or_key))
             key_id = found[0].id if found else None
         else:
-            key_id = int(id_or_key) if id_or_key.isdigit() else None
+            key_id = parse_key_id(id_or_key)
         return await store.revoke_key(key_id) if key_id is not None else None
 
     record = run_async(lambda: with_store(settings, action))
@@ -216,6 +263,7 @@ def users_create(
     """Create a user."""
     from spendgate.errors import Conflict
 
+    check_user_name(name)
     settings = settings_or_exit()
     try:
         run_async(lambda: with_store(settings, lambda store: store.create_user(name, email=email)))
@@ -234,7 +282,7 @@ def users_list() -> None:
         budget = str(user.budget_usd) if user.budget_usd is not None else ""
         table.add_row(user.name, user.email or "", budget, user.budget_period or "",
                       "yes" if user.disabled else "", _when(user.created_at))  # fmt: skip
-    Console().print(table)
+    table_console().print(table)
 
 
 @app.command()
@@ -243,7 +291,9 @@ def usage(
     end: Annotated[str | None, typer.Option(help="Last day, YYYY-MM-DD (UTC).")] = None,
     user: Annotated[str | None, typer.Option(help="Only this user.")] = None,
     model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
-    group_by: Annotated[str, typer.Option(help="user|key|model|day|end_user|upstream|source")] = "user",
+    group_by: Annotated[
+        str, typer.Option(help="user|key|model|day|end_user|upstream|source")
+    ] = "user",
     output: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
 ) -> None:
     """Usage totals and groups over a date range (default: the last 30 days)."""
@@ -260,6 +310,7 @@ def usage(
 def prices(model: Annotated[str, typer.Argument(help="Model name, e.g. gpt-4o-mini.")]) -> None:
     """Show the price in effect for a model and where it comes from."""
     from spendgate.metering.pricing import PriceBook, PricingConfigError, load_overrides
+    from spendgate.money import format_usd
 
     settings = settings_or_exit()
     try:
@@ -274,12 +325,12 @@ def prices(model: Annotated[str, typer.Argument(help="Model name, e.g. gpt-4o-mi
     table = Table("model", "input / 1M", "cached input / 1M", "output / 1M", "source")
     table.add_row(
         model,
-        f"${price.input_per_token * million}",
-        f"${price.cached_input_per_token * million}",
-        f"${price.output_per_token * million}",
+        f"${format_usd(price.input_per_token * million)}",
+        f"${format_usd(price.cached_input_per_token * million)}",
+        f"${format_usd(price.output_per_token * million)}",
         price.source,
     )
-    Console().print(table)
+    table_console().print(table)
 
 
 @db_app.command("upgrade")
@@ -306,5 +357,7 @@ def main() -> None:
     try:
         app()
     except ConfigError as exc:
-        Console(stderr=True).print(f"spendgate: {exc}", highlight=False)
+        Console(stderr=True).print(
+            f"spendgate: {exc}", highlight=False, markup=False, soft_wrap=True
+        )
         sys.exit(2)

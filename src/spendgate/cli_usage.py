@@ -5,7 +5,6 @@ import sys
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from spendgate.api.usage_query import check_group_by, usage_filter
@@ -28,7 +27,7 @@ def print_usage(
     output: str,
 ) -> None:
     """Print usage as a Rich table, CSV or JSON."""
-    from spendgate.cli import run_async, with_store
+    from spendgate.cli import run_async, table_console, with_store
     from spendgate.ledger.reports import usage_report
 
     if output not in ("table", "csv", "json"):
@@ -60,7 +59,7 @@ def print_usage(
         for group in report["groups"]:
             table.add_row(str(group.get(field or "", "")), *(_cell(group[c]) for c in _COLUMNS))
         table.add_row("[bold]total[/bold]", *(_cell(report["totals"][c]) for c in _COLUMNS))
-        Console().print(table)
+        table_console().print(table)
 
 
 def _cell(value: Any) -> str:

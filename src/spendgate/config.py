@@ -13,13 +13,13 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    DotEnvSettingsSource,
     InitSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
-_DB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb")
 _MiB = 1024 * 1024
 
 
@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=(".env", ".env.local"),
         env_file_encoding="utf-8",
+        # `KEY=` (as `spendgate init` writes placeholders) means unset, not an empty secret.
+        env_ignore_empty=True,
         extra="ignore",
         populate_by_name=True,
         case_sensitive=False,
@@ -201,9 +203,14 @@ class Settings(BaseSettings):
     def _check_database_scheme(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        scheme = value.split(":", 1)[0].split("+", 1)[0].lower()
-        if "://" not in value or scheme not in _DB_SCHEMES:
-            raise ValueError(f"unsupported database URL scheme {scheme!r}")
+        if "://" not in value:
+            raise ValueError("not a database URL (sqlite:///…, postgresql://…, mysql://…)")
+        # The engine's own scheme table, so a scheme with a driver the engine cannot use
+        # (sqlite+pysqlite, postgresql+psycopg) is refused here, naming the setting. Imported
+        # here to keep SQLAlchemy and Alembic out of `spendgate --help`.
+        from spendgate.ledger.engine import normalize_database_url
+
+        normalize_database_url(value)  # ValueError names the scheme, never the password
         return value
 
     @field_validator("upstream_base")
@@ -245,11 +252,35 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources.extend(_dotenv_sources(settings_cls, dotenv_settings))
         config_path = os.environ.get("SPENDGATE_CONFIG")
         if config_path:
             sources.append(InitSettingsSource(settings_cls, read_toml_settings(Path(config_path))))
         return tuple(sources)
+
+
+def _dotenv_sources(
+    settings_cls: type[BaseSettings], dotenv: PydanticBaseSettingsSource
+) -> list[PydanticBaseSettingsSource]:
+    """One source per env file, the later file first (`.env.local` before `.env`).
+
+    pydantic-settings reads all env files into one mapping, where a setting's first name
+    beats its aliases whichever file each came from (`SPENDGATE_PORT` in `.env` would beat
+    `PORT` in `.env.local`); a source per file lets the file decide, as documented.
+    """
+    if not isinstance(dotenv, DotEnvSettingsSource):
+        return [dotenv]
+    files = dotenv.env_file
+    if files is None:
+        return []
+    paths = [files] if isinstance(files, str | os.PathLike) else list(files)
+    return [
+        DotEnvSettingsSource(
+            settings_cls, env_file=path, env_file_encoding=dotenv.env_file_encoding
+        )
+        for path in reversed(paths)
+    ]
 
 
 def env_name(field: str) -> str:

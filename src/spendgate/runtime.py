@@ -75,4 +75,3 @@ class Runtime:
         await self.principals.stop()
         await self.upstream.close()
         await self.engine.dispose()
-

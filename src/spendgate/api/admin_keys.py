@@ -12,14 +12,24 @@ from spendgate.runtime import Runtime
 
 router = APIRouter(prefix="/admin/keys", tags=["admin: keys"], dependencies=[AdminDep])
 
+MAX_KEY_ID = 2**63 - 1  # the largest id a BIGINT holds on every backend
+
+
+def parse_key_id(text: str) -> int | None:
+    """A key id written in ASCII digits and small enough to be one, else None."""
+    if text.isascii() and text.isdigit() and int(text) <= MAX_KEY_ID:
+        return int(text)
+    return None
+
 
 async def find_key(runtime: Runtime, id_or_key: str) -> KeyRecord:
     """A key by its numeric id or by the full key."""
+    key_id = parse_key_id(id_or_key)
     if looks_like_key(id_or_key):
         found = await runtime.store.find_key_by_hash(hash_key(id_or_key))
         record = found[0] if found else None
-    elif id_or_key.isdigit():
-        record = await runtime.store.get_key(int(id_or_key))
+    elif key_id is not None:
+        record = await runtime.store.get_key(key_id)
     else:
         record = None
     if record is None:
@@ -64,6 +74,8 @@ async def revoke_key(id_or_key: str, runtime: RuntimeDep) -> ExactJSONResponse:
 @router.patch("/{key_id}", response_class=ExactJSONResponse)
 async def update_key(key_id: int, body: KeyPatch, runtime: RuntimeDep) -> ExactJSONResponse:
     """Change a key's note, budget, models, expiry or limits."""
+    if not 0 <= key_id <= MAX_KEY_ID:
+        raise NotFound("No such key.")
     fields = body.model_dump(exclude_unset=True)
     if "limits" in fields:
         fields["limits"] = body.limits.as_dict() if body.limits else None

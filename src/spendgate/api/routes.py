@@ -35,9 +35,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         return _render(NotFound("Not found."))
-    error = GatewayError(str(exc.detail))
+    # Starlette's own errors (405 with its Allow header, ...): keep status and headers.
+    headers = [(name.encode(), value.encode()) for name, value in (exc.headers or {}).items()]
+    error = GatewayError(str(exc.detail), headers=headers)
     error.status = exc.status_code  # type: ignore[misc]
-    error.code = "invalid_request" if exc.status_code < 500 else "internal_error"  # type: ignore[misc]
+    client_error = exc.status_code < 500
+    error.code = "invalid_request" if client_error else "internal_error"  # type: ignore[misc]
+    error.type = "invalid_request_error" if client_error else "server_error"  # type: ignore[misc]
     return _render(error)
 
 

@@ -22,10 +22,18 @@ def date_range(start: str | None, end: str | None) -> tuple[date, date]:
     """The inclusive UTC range, defaulting to the last 30 days."""
     today = datetime.now(UTC).date()
     end_day = parse_day(end, "end") or today
-    start_day = parse_day(start, "start") or end_day - timedelta(days=DEFAULT_DAYS - 1)
+    start_day = parse_day(start, "start") or _days_before(end_day, DEFAULT_DAYS - 1)
     if start_day > end_day:
         raise InvalidRequest("'start' is after 'end'.", param="start")
     return start_day, end_day
+
+
+def _days_before(day: date, days: int) -> date:
+    """`day` minus `days`, stopping at the first representable date (`end=0001-01-05`)."""
+    try:
+        return day - timedelta(days=days)
+    except OverflowError:
+        return date.min
 
 
 def check_group_by(group_by: str | None, allowed: tuple[str, ...] = GROUP_FIELDS) -> str | None:
