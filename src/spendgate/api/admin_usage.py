@@ -1,8 +1,9 @@
 """Admin API: usage reports, CSV export, monitor and retention."""
 
 from datetime import UTC, datetime
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
 from spendgate.api.admin_keys import find_key
@@ -18,22 +19,22 @@ from spendgate.ledger.reports import (
     purge_before,
     usage_report,
 )
-from spendgate.runtime import Runtime
 
 router = APIRouter(prefix="/admin", tags=["admin: usage"], dependencies=[AdminDep])
 
 
-async def _filter(
-    runtime: Runtime,
-    start: str | None,
-    end: str | None,
-    user: str | None,
-    key: str | None,
-    model: str | None,
-    source: str | None,
-    end_user: str | None,
-    upstream: str | None,
+async def usage_params(
+    runtime: RuntimeDep,
+    start: str | None = None,
+    end: str | None = None,
+    user: str | None = None,
+    key: str | None = None,
+    model: str | None = None,
+    source: str | None = None,
+    end_user: str | None = None,
+    upstream: str | None = None,
 ) -> UsageFilter:
+    """The usage filter from query parameters (dates UTC, inclusive; key by id or full key)."""
     key_id = (await find_key(runtime, key)).id if key else None
     return usage_filter(
         start, end, user=user, key_id=key_id, model=model, source=source,
@@ -41,39 +42,21 @@ async def _filter(
     )  # fmt: skip
 
 
+UsageFilterDep = Annotated[UsageFilter, Depends(usage_params)]
+
+
 @router.get("/usage", response_class=ExactJSONResponse)
 async def usage(
-    runtime: RuntimeDep,
-    start: str | None = None,
-    end: str | None = None,
-    user: str | None = None,
-    key: str | None = None,
-    model: str | None = None,
-    source: str | None = None,
-    end_user: str | None = None,
-    upstream: str | None = None,
-    group_by: str | None = None,
+    runtime: RuntimeDep, flt: UsageFilterDep, group_by: str | None = None
 ) -> ExactJSONResponse:
     """Totals and groups over a UTC date range (default: the last 30 days)."""
     grouping = check_group_by(group_by)
-    flt = await _filter(runtime, start, end, user, key, model, source, end_user, upstream)
     return ExactJSONResponse(await usage_report(runtime.engine, flt, grouping))
 
 
 @router.get("/usage.csv", response_class=StreamingResponse)
-async def usage_csv(
-    runtime: RuntimeDep,
-    start: str | None = None,
-    end: str | None = None,
-    user: str | None = None,
-    key: str | None = None,
-    model: str | None = None,
-    source: str | None = None,
-    end_user: str | None = None,
-    upstream: str | None = None,
-) -> StreamingResponse:
+async def usage_csv(runtime: RuntimeDep, flt: UsageFilterDep) -> StreamingResponse:
     """One CSV row per request, header first, streamed."""
-    flt = await _filter(runtime, start, end, user, key, model, source, end_user, upstream)
     filename = f"spendgate-usage-{flt.start}-{flt.end}.csv"
     return StreamingResponse(
         iter_usage_csv(runtime.engine, flt),
