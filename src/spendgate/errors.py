@@ -12,13 +12,12 @@
     ├── RequestTooLarge         413 request_too_large
     ├── RateLimitExceeded       429 rate_limit_exceeded  (+ Retry-After, x-ratelimit-*)
     ├── UpstreamUnavailable     502 upstream_unavailable
-    └── UpstreamTimeout         504 upstream_timeout
+    ├── UpstreamTimeout         504 upstream_timeout
+    └── FrameworkHTTPError      any invalid_request / internal_error  (405 and kin)
 
 Lower-layer errors (aiohttp, SQLAlchemy) are mapped to these at the boundary with
 `raise X from exc`; one renderer turns any of them into the OpenAI error body.
 """
-
-from typing import ClassVar
 
 import orjson
 
@@ -26,9 +25,9 @@ import orjson
 class GatewayError(Exception):
     """Base of every error the gateway answers itself (as opposed to relaying upstream's)."""
 
-    status: ClassVar[int] = 500
-    code: ClassVar[str] = "internal_error"
-    type: ClassVar[str] = "server_error"
+    status: int = 500
+    code: str = "internal_error"
+    type: str = "server_error"
 
     def __init__(
         self,
@@ -124,3 +123,16 @@ class UpstreamTimeout(GatewayError):
     status = 504
     code = "upstream_timeout"
     type = "server_error"
+
+
+class FrameworkHTTPError(GatewayError):
+    """An HTTP error raised by the web framework itself (405, ...), keeping its status."""
+
+    def __init__(
+        self, status: int, message: str, *, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        super().__init__(message, headers=headers)
+        client_error = status < 500
+        self.status = status
+        self.code = "invalid_request" if client_error else "internal_error"
+        self.type = "invalid_request_error" if client_error else "server_error"

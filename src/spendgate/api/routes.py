@@ -7,7 +7,7 @@ from starlette.exceptions import HTTPException
 
 from spendgate import __version__
 from spendgate.api import admin_keys, admin_usage, admin_users, me, ops
-from spendgate.errors import GatewayError, InvalidRequest, NotFound
+from spendgate.errors import FrameworkHTTPError, GatewayError, InvalidRequest, NotFound
 from spendgate.runtime import Runtime
 
 
@@ -37,11 +37,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         return _render(NotFound("Not found."))
     # Starlette's own errors (405 with its Allow header, ...): keep status and headers.
     headers = [(name.encode(), value.encode()) for name, value in (exc.headers or {}).items()]
-    error = GatewayError(str(exc.detail), headers=headers)
-    error.status = exc.status_code  # type: ignore[misc]
-    client_error = exc.status_code < 500
-    error.code = "invalid_request" if client_error else "internal_error"  # type: ignore[misc]
-    error.type = "invalid_request_error" if client_error else "server_error"  # type: ignore[misc]
+    error = FrameworkHTTPError(exc.status_code, str(exc.detail), headers=headers)
     return _render(error)
 
 

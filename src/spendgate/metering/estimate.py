@@ -88,11 +88,6 @@ class TokenEstimator:
         self._encodings: dict[str, tiktoken.Encoding] = {}
         self._lock = threading.Lock()
 
-    def warm(self) -> None:
-        """Load both encodings now (at start-up, off the request path)."""
-        for name in _ENCODINGS:
-            self._encoding(name)
-
     def count_text(self, text: str, model: str | None) -> int:
         """Count the tokens of `text` as `model` would; special tokens count as plain text."""
         if not text:

@@ -13,6 +13,7 @@ an estimate when the stream is aborted).
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -275,28 +276,17 @@ class ProxyApp:
         return usage, cost
 
 
+@dataclass(slots=True)
 class _Call:
     """One forwarded request whose response is being relayed."""
 
-    __slots__ = ("admitted", "head", "prepared", "principal", "request_id", "response", "started")
-
-    def __init__(
-        self,
-        request_id: str,
-        principal: Principal,
-        prepared: PreparedRequest,
-        admitted: Admitted,
-        started: float,
-        response: aiohttp.ClientResponse,
-        head: list[tuple[bytes, bytes]],
-    ) -> None:
-        self.request_id = request_id
-        self.principal = principal
-        self.prepared = prepared
-        self.admitted = admitted
-        self.started = started
-        self.response = response
-        self.head = head
+    request_id: str
+    principal: Principal
+    prepared: PreparedRequest
+    admitted: Admitted
+    started: float
+    response: aiohttp.ClientResponse
+    head: list[tuple[bytes, bytes]]
 
 
 def _stream_outcome(status: int, scanner: SSEUsageScanner, error: str | None) -> Outcome:
