@@ -21,7 +21,7 @@ class SpendgateApp:
         runtime = self.runtime
         self.proxy = ProxyApp(
             principals=runtime.principals,
-            admission=runtime.admission,
+            admission=runtime.limits,
             upstream=runtime.upstream,
             recorder=runtime.recorder,
             drains=runtime.drains,

@@ -97,6 +97,7 @@ async def with_store(settings: Settings, action: Callable[[Any], Awaitable[T]]) 
 
     from spendgate.ledger.engine import create_engine, normalize_database_url, upgrade
     from spendgate.ledger.store import Store
+    from spendgate.runtime import account_defaults
 
     try:
         engine = create_engine(normalize_database_url(settings.database))
@@ -109,7 +110,7 @@ async def with_store(settings: Settings, action: Callable[[Any], Awaitable[T]]) 
             # Name the cause, never the URL: it may hold a password.
             cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
             fail(f"cannot open the database (SPENDGATE_DATABASE_URL): {cause}")
-        return await action(Store(engine))
+        return await action(Store(engine, account_defaults(settings)))
     finally:
         await engine.dispose()
 

@@ -7,6 +7,7 @@ module that reads the process environment.
 
 import os
 import tomllib
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,6 +20,9 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from spendgate.limits.names import Limits
+from spendgate.periods import Period
 
 _MiB = 1024 * 1024
 
@@ -190,12 +194,70 @@ class Settings(BaseSettings):
         validation_alias=_env("SPENDGATE_METRICS_PUBLIC"),
         description="Serve /metrics without the admin token (it holds no secrets).",
     )
+    default_max_tokens: int = Field(
+        4096,
+        gt=0,
+        validation_alias=_env("SPENDGATE_DEFAULT_MAX_TOKENS"),
+        description="Output tokens reserved against budgets when a request sets no bound.",
+    )
+    reservation_ttl_seconds: float = Field(
+        900,
+        gt=0,
+        validation_alias=_env("SPENDGATE_RESERVATION_TTL_SECONDS"),
+        description="How long a budget reservation lives if its request never settles.",
+    )
+    default_user_budget_usd: (
+        Annotated[Decimal, Field(ge=0, max_digits=20, decimal_places=12)] | None
+    ) = Field(
+        None,
+        validation_alias=_env("SPENDGATE_DEFAULT_USER_BUDGET_USD"),
+        description="Budget in USD given to new users that are created without one.",
+    )
+    default_user_budget_period: Period = Field(
+        "monthly",
+        validation_alias=_env("SPENDGATE_DEFAULT_USER_BUDGET_PERIOD"),
+        description="Period of the default user budget: daily, weekly, monthly or total.",
+    )
+    default_user_limits: Limits | None = Field(
+        None,
+        validation_alias=_env("SPENDGATE_DEFAULT_USER_LIMITS"),
+        description='Limits (JSON: {"requests_per_minute": 60}) for new users created without.',
+    )
+    default_key_budget_usd: (
+        Annotated[Decimal, Field(ge=0, max_digits=20, decimal_places=12)] | None
+    ) = Field(
+        None,
+        validation_alias=_env("SPENDGATE_DEFAULT_KEY_BUDGET_USD"),
+        description="Budget in USD given to new keys that are created without one.",
+    )
+    default_key_budget_period: Period = Field(
+        "monthly",
+        validation_alias=_env("SPENDGATE_DEFAULT_KEY_BUDGET_PERIOD"),
+        description="Period of the default key budget: daily, weekly, monthly or total.",
+    )
+    default_key_limits: Limits | None = Field(
+        None,
+        validation_alias=_env("SPENDGATE_DEFAULT_KEY_LIMITS"),
+        description="Limits (JSON) given to new keys created without any.",
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("default_user_limits", "default_key_limits", mode="before")
+    @classmethod
+    def _parse_limits(cls, value: Any) -> Any:
+        import json
+
+        if isinstance(value, str):
+            try:
+                return json.loads(value) if value.strip() else None
+            except ValueError as exc:
+                raise ValueError(f"malformed JSON ({exc})") from None
         return value
 
     @field_validator("database_url")

@@ -29,6 +29,9 @@ METRIC_DOCS = {
 _TOKEN_KINDS = ("prompt", "completion", "cached", "reasoning")
 
 
+_BUDGET_CODES = frozenset({"budget_exceeded", "insufficient_credits"})
+
+
 class GatewayMetrics:
     """Every metric the gateway exports, registered on its own registry."""
 
@@ -105,6 +108,11 @@ class GatewayMetrics:
             self.unpriced.labels(model).inc()
         if event.estimated:
             self.estimated.inc()
+        code = event.error_code
+        if code == "rate_limit_exceeded":
+            self.rate_limited.inc()
+        elif code in _BUDGET_CODES:
+            self.budget_rejected.labels(code).inc()
 
     def written(self, events: Sequence[UsageEvent]) -> None:
         """Count events committed by the ledger writer."""

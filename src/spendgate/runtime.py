@@ -1,13 +1,16 @@
 """The runtime: every long-lived component, built from settings, started in the lifespan."""
 
 import logging
+from datetime import UTC, datetime
 
 from spendgate.config import ConfigError, Settings
 from spendgate.keys.principals import PrincipalCache
 from spendgate.ledger.engine import create_engine, normalize_database_url, upgrade
-from spendgate.ledger.store import Store
+from spendgate.ledger.store import AccountDefaults, Store
 from spendgate.ledger.writer import LedgerWriter
-from spendgate.limits.admission import Admission, OpenAdmission
+from spendgate.limits.baseline import ledger_baseline
+from spendgate.limits.memory import MemoryBackend
+from spendgate.limits.policy import LimitPolicy
 from spendgate.metering.estimate import TokenEstimator
 from spendgate.metering.pricing import PriceBook, PricingConfigError, load_overrides
 from spendgate.metrics import GatewayMetrics
@@ -33,7 +36,7 @@ class Runtime:
         self.metrics = GatewayMetrics()
         self.estimator = TokenEstimator()
         self.engine = create_engine(database_url)
-        self.store = Store(self.engine)
+        self.store = Store(self.engine, account_defaults(settings))
         self.writer = LedgerWriter(
             self.engine,
             flush_interval=settings.flush_interval_ms / 1000,
@@ -57,7 +60,13 @@ class Runtime:
             read_timeout=settings.upstream_timeout,
             max_connections=settings.upstream_max_connections,
         )
-        self.admission: Admission = OpenAdmission()
+        backend = MemoryBackend(
+            ledger_baseline(self.engine, started=datetime.now(UTC)),
+            reservation_ttl_ns=int(settings.reservation_ttl_seconds * 1e9),
+        )
+        self.limits = LimitPolicy(
+            backend, self.prices, default_max_tokens=settings.default_max_tokens
+        )
         self.drains = DrainPool(settings.max_drains)
         self.recorder = Recorder(self.writer, self.prices, self.estimator, self.metrics)
 
@@ -75,3 +84,17 @@ class Runtime:
         await self.principals.stop()
         await self.upstream.close()
         await self.engine.dispose()
+
+
+def account_defaults(settings: Settings) -> AccountDefaults:
+    """The budget and limits new users and keys get from settings."""
+    return AccountDefaults(
+        user_budget_usd=settings.default_user_budget_usd,
+        user_budget_period=settings.default_user_budget_period,
+        user_limits=settings.default_user_limits.as_dict()
+        if settings.default_user_limits
+        else None,
+        key_budget_usd=settings.default_key_budget_usd,
+        key_budget_period=settings.default_key_budget_period,
+        key_limits=settings.default_key_limits.as_dict() if settings.default_key_limits else None,
+    )

@@ -18,7 +18,7 @@ from spendgate.ledger.engine import (
 )
 from spendgate.ledger.schema import Base, User
 
-LEDGER_TABLES = {"users", "api_keys", "usage_events", "usage_daily", "meta"}
+LEDGER_TABLES = {"users", "api_keys", "usage_events", "usage_daily", "meta", "credit_transactions"}
 
 
 @pytest.mark.parametrize(
@@ -104,7 +104,7 @@ async def test_migration_from_empty_matches_the_models(backend: str, database_ur
         await engine.dispose()
     assert tables >= LEDGER_TABLES
     assert differences == []
-    assert [tuple(row) for row in version] == [("0001",)]
+    assert [tuple(row) for row in version] == [("0002",)]
     assert [tuple(row) for row in generation] == [("principal_generation", 0)]
 
 

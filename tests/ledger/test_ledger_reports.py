@@ -22,7 +22,6 @@ from spendgate.ledger.reports import (
     key_totals,
     monitor,
     purge_before,
-    spend_summary,
     usage_report,
 )
 from spendgate.ledger.schema import UsageEventRow
@@ -171,22 +170,6 @@ async def test_key_totals(backend: str, engine: AsyncEngine, ledger: Ledger) -> 
         expected = totals([event for event in ledger.events if event.key_id == key_id])
         assert await key_totals(engine, key_id) == expected
     assert (await key_totals(engine, 10_000))["requests"] == 0
-
-
-async def test_spend_summary(backend: str, engine: AsyncEngine, ledger: Ledger) -> None:
-    def spent(condition: Callable[[date], bool]) -> Decimal:
-        chosen = [e for e in ledger.events if e.user == "user1" and condition(day_of(e))]
-        return Decimal(totals(chosen)["cost_usd"])
-
-    summary = await spend_summary(engine, "user1", TODAY)
-    assert summary == {
-        "today": spent(lambda day: day == TODAY),
-        "month": spent(lambda day: day.replace(day=1) == TODAY.replace(day=1) and day <= TODAY),
-        "total": spent(lambda day: True),
-    }
-    assert summary["month"] < summary["total"]
-    nobody = await spend_summary(engine, "nobody", TODAY)
-    assert nobody == {"today": Decimal(0), "month": Decimal(0), "total": Decimal(0)}
 
 
 async def read_csv(engine: AsyncEngine, flt: UsageFilter) -> tuple[list[str], list[str]]:

@@ -1,35 +1,23 @@
 """Admin API: users."""
 
-from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 from fastapi import APIRouter
 
 from spendgate.api.deps import AdminDep, RuntimeDep
-from spendgate.api.schemas import UserCreate, UserPatch, user_json
+from spendgate.api.schemas import CreditChange, UserCreate, UserPatch, user_json
 from spendgate.errors import InvalidRequest, NotFound
 from spendgate.exact_json import ExactJSONResponse
 from spendgate.ledger.records import UserRecord
-from spendgate.ledger.reports import UsageFilter, usage_report
-from spendgate.periods import period_start
 from spendgate.runtime import Runtime
 
 router = APIRouter(prefix="/admin/users", tags=["admin: users"], dependencies=[AdminDep])
 
 
-async def period_spend(runtime: Runtime, user: UserRecord) -> Decimal:
-    """What the user spent in its budget period so far (this month when it has none)."""
-    today = datetime.now(UTC).date()
-    flt = UsageFilter(start=period_start(user.budget_period, today), end=today, user=user.name)
-    report = await usage_report(runtime.engine, flt, None)
-    spent: Decimal = report["totals"]["cost_usd"]
-    return spent
-
-
 async def render_user(runtime: Runtime, user: UserRecord) -> dict[str, Any]:
-    """A user object with its spend this period."""
-    return user_json(user, await period_spend(runtime, user), None)
+    """A user object with its spend this period and its credit balance."""
+    policy = runtime.limits
+    return user_json(user, await policy.period_spend(user), await policy.balance(user))
 
 
 @router.post("", status_code=201, response_class=ExactJSONResponse)
@@ -75,3 +63,40 @@ async def update_user(name: str, body: UserPatch, runtime: RuntimeDep) -> ExactJ
         raise NotFound(f"No user named {name!r}.")
     runtime.principals.invalidate()
     return ExactJSONResponse(await render_user(runtime, user))
+
+
+@router.post("/{name}/credits", response_class=ExactJSONResponse)
+async def add_credit(name: str, body: CreditChange, runtime: RuntimeDep) -> ExactJSONResponse:
+    """Top up (positive) or refund/correct (negative) a user's prepaid credit."""
+    user = await runtime.store.add_credit(
+        name, body.amount_usd, note=body.note, actor=body.actor or "admin-api"
+    )
+    if user is None:
+        raise NotFound(f"No user named {name!r}.")
+    runtime.principals.invalidate()
+    return ExactJSONResponse({"name": user.name, "balance_usd": await runtime.limits.balance(user)})
+
+
+@router.get("/{name}/credits", response_class=ExactJSONResponse)
+async def list_credits(name: str, runtime: RuntimeDep) -> ExactJSONResponse:
+    """The user's credit transactions, oldest first, with the balance now."""
+    user = await runtime.store.get_user(name)
+    if user is None:
+        raise NotFound(f"No user named {name!r}.")
+    transactions = [
+        {
+            "id": record.id,
+            "amount_usd": record.amount_usd,
+            "note": record.note,
+            "actor": record.actor,
+            "created_at": record.created_at,
+        }
+        for record in await runtime.store.list_credits(name)
+    ]
+    return ExactJSONResponse(
+        {
+            "name": user.name,
+            "balance_usd": await runtime.limits.balance(user),
+            "transactions": transactions,
+        }
+    )

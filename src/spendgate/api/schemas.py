@@ -7,27 +7,11 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from spendgate.ledger.records import KeyRecord, UserRecord
+from spendgate.limits.names import Limits
 from spendgate.periods import Period
 
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f/]+$")]
 Money = Annotated[Decimal, Field(ge=0, max_digits=20, decimal_places=12)]
-Count = Annotated[int, Field(ge=0, le=10**12)]
-
-
-class Limits(BaseModel):
-    """Request and token limits; absent means unlimited."""
-
-    model_config = ConfigDict(extra="forbid")
-    requests_per_minute: Count | None = None
-    requests_per_hour: Count | None = None
-    requests_per_day: Count | None = None
-    tokens_per_minute: Count | None = None
-    tokens_per_hour: Count | None = None
-    tokens_per_day: Count | None = None
-
-    def as_dict(self) -> dict[str, int]:
-        """Only the limits that are set."""
-        return {name: value for name, value in self.model_dump().items() if value is not None}
 
 
 class UserCreate(BaseModel):
@@ -46,6 +30,19 @@ class UserPatch(BaseModel):
     budget_period: Period | None = None
     limits: Limits | None = None
     disabled: bool | None = None
+
+
+class CreditChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    amount_usd: Annotated[Decimal, Field(max_digits=20, decimal_places=12)]
+    note: Annotated[str, Field(max_length=500)] | None = None
+    actor: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+
+    @model_validator(mode="after")
+    def _not_zero(self) -> "CreditChange":
+        if not self.amount_usd:
+            raise ValueError("'amount_usd' must not be 0")
+        return self
 
 
 class KeyCreate(BaseModel):

@@ -17,6 +17,7 @@ class UserRecord:
     limits: dict[str, int]
     disabled: bool
     created_at: datetime
+    credit_usd: Decimal | None = None  # sum of credit transactions; None: no credit account
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,3 +38,14 @@ class KeyRecord:
     budget_period: str | None
     limits: dict[str, int]
     last_used_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class CreditRecord:
+    """One credit transaction: who changed the balance, by how much and why."""
+
+    id: int
+    amount_usd: Decimal
+    note: str | None
+    actor: str
+    created_at: datetime

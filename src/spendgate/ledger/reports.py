@@ -18,7 +18,6 @@ from sqlalchemy import (
     RowMapping,
     Select,
     and_,
-    case,
     delete,
     func,
     or_,
@@ -169,23 +168,6 @@ async def key_totals(engine: AsyncEngine, key_id: int) -> dict[str, Any]:
     query = select(*_sum_columns()).where(UsageDaily.key_id == key_id)
     async with engine.connect() as conn:
         return _totals((await conn.execute(query)).mappings().first())
-
-
-async def spend_summary(engine: AsyncEngine, user: str, today: date) -> dict[str, Decimal]:
-    """A user's spend in USD: `today`, this calendar month (UTC) and in `total`."""
-    month = and_(UsageDaily.day >= today.replace(day=1), UsageDaily.day <= today)
-    cost = UsageDaily.cost_pico
-    query = select(
-        func.sum(case((UsageDaily.day == today, cost), else_=0)),
-        func.sum(case((month, cost), else_=0)),
-        func.sum(cost),
-    ).where(UsageDaily.user_name == user)
-    async with engine.connect() as conn:
-        row = (await conn.execute(query)).one()
-    return {
-        name: pico_to_usd(int(value or 0))
-        for name, value in zip(("today", "month", "total"), row, strict=True)
-    }
 
 
 def event_fields(row: RowMapping) -> dict[str, Any]:

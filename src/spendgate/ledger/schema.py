@@ -117,6 +117,23 @@ class User(Base):
     limits: Mapped[dict[str, int] | None] = mapped_column(JSON)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
+    # Sum of the user's credit transactions, kept in the same transaction as each of them;
+    # NULL: the user has no credit account (no prepaid balance is enforced).
+    credit_pico: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class CreditTransaction(Base):
+    """One change to a user's prepaid credit: a top-up (> 0), refund or correction (< 0)."""
+
+    __tablename__ = "credit_transactions"
+    __table_args__ = (Index(None, "user_id", "id"), MYSQL_TABLE_ARGS)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    amount_pico: Mapped[int] = mapped_column(BigInteger)
+    note: Mapped[str | None] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
 
 
 class ApiKey(Base):

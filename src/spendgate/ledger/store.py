@@ -5,27 +5,53 @@ transaction, so principal caches on every instance can tell they are stale.
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import FromClause, RowMapping, Select, exc, insert, select, text, update
+from sqlalchemy import FromClause, RowMapping, Select, exc, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from spendgate.errors import Conflict
-from spendgate.ledger.records import KeyRecord, UserRecord
-from spendgate.ledger.schema import GENERATION, ApiKey, Meta, User, utc_now
+from spendgate.ledger.records import CreditRecord, KeyRecord, UserRecord
+from spendgate.ledger.schema import GENERATION, ApiKey, CreditTransaction, Meta, User, utc_now
 from spendgate.money import pico_to_usd, usd_to_pico
 
 USER_FIELDS = frozenset({"email", "budget_usd", "budget_period", "limits", "disabled"})
 KEY_FIELDS = frozenset({"note", "expires_at", "models", "budget_usd", "budget_period", "limits"})
 
 
-class Store:
-    """Async access to users, keys and the principal generation counter."""
+@dataclass(frozen=True, slots=True)
+class AccountDefaults:
+    """Budget and limits given to new users and keys created without their own."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    user_budget_usd: Decimal | None = None
+    user_budget_period: str = "monthly"
+    user_limits: dict[str, int] | None = None
+    key_budget_usd: Decimal | None = None
+    key_budget_period: str = "monthly"
+    key_limits: dict[str, int] | None = None
+
+    def user_values(self) -> dict[str, Any]:
+        """Column values for a user created with nothing of its own."""
+        return _column_values(
+            {
+                "budget_usd": self.user_budget_usd,
+                "budget_period": self.user_budget_period
+                if self.user_budget_usd is not None
+                else None,
+                "limits": self.user_limits,
+            }
+        )
+
+
+class Store:
+    """Async access to users, keys, credits and the principal generation counter."""
+
+    def __init__(self, engine: AsyncEngine, defaults: AccountDefaults | None = None) -> None:
         self._engine = engine
+        self._defaults = defaults or AccountDefaults()
 
     @property
     def engine(self) -> AsyncEngine:
@@ -42,7 +68,13 @@ class Store:
         budget_period: str | None = None,
         limits: dict[str, int] | None = None,
     ) -> UserRecord:
-        """Create a user; `Conflict` if the name is taken."""
+        """Create a user; `Conflict` if the name is taken. Unset budget and limits get defaults."""
+        defaults = self._defaults
+        if budget_usd is None and defaults.user_budget_usd is not None:
+            budget_usd = defaults.user_budget_usd
+            budget_period = budget_period or defaults.user_budget_period
+        if limits is None:
+            limits = defaults.user_limits
         values = _column_values(
             {
                 "email": email,
@@ -98,6 +130,55 @@ class Store:
             row = await _user_row(conn, name)
         return None if row is None else _user_record(row)
 
+    # credits
+
+    async def add_credit(
+        self, name: str, amount_usd: Decimal, *, note: str | None, actor: str
+    ) -> UserRecord | None:
+        """Add one credit transaction (negative: refund or correction); None if no such user.
+
+        The transaction row and the user's running sum change in one database transaction.
+        """
+        amount = usd_to_pico(amount_usd)
+        async with self._engine.begin() as conn:
+            user_id = await conn.scalar(select(User.id).where(User.name == name))
+            if user_id is None:
+                return None
+            await conn.execute(
+                insert(CreditTransaction).values(
+                    user_id=user_id, amount_pico=amount, note=note, actor=actor
+                )
+            )
+            await conn.execute(
+                update(User)
+                .where(User.id == user_id)
+                .values(credit_pico=func.coalesce(User.credit_pico, 0) + amount)
+            )
+            await _bump_generation(conn)
+            row = await _user_row(conn, name)
+        return None if row is None else _user_record(row)
+
+    async def list_credits(self, name: str) -> list[CreditRecord]:
+        """The user's credit transactions, oldest first."""
+        query = (
+            select(CreditTransaction)
+            .join(User, CreditTransaction.user_id == User.id)
+            .where(User.name == name)
+            .order_by(CreditTransaction.id)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [
+            CreditRecord(
+                id=row["id"],
+                amount_usd=pico_to_usd(row["amount_pico"]),
+                note=row["note"],
+                actor=row["actor"],
+                created_at=row["created_at"],
+            )
+            for row in rows
+        ]
+
     # keys
 
     async def create_key(
@@ -112,7 +193,17 @@ class Store:
         budget_period: str | None = None,
         limits: dict[str, int] | None = None,
     ) -> KeyRecord:
-        """Store a new key (by hash) for `user_name`, creating the user if absent."""
+        """Store a new key (by hash) for `user_name`, creating the user if absent.
+
+        A key created without a budget or limits gets the configured defaults, and a user
+        created on the way gets the user defaults.
+        """
+        defaults = self._defaults
+        if budget_usd is None and defaults.key_budget_usd is not None:
+            budget_usd = defaults.key_budget_usd
+            budget_period = budget_period or defaults.key_budget_period
+        if limits is None:
+            limits = defaults.key_limits
         values = _column_values(
             {
                 "note": note,
@@ -138,7 +229,9 @@ class Store:
         async with self._engine.begin() as conn:
             user = await _user_row(conn, user_name)
             if user is None:
-                await conn.execute(insert(User).values(name=user_name))
+                await conn.execute(
+                    insert(User).values(name=user_name, **self._defaults.user_values())
+                )
                 user = await _user_row(conn, user_name)
                 assert user is not None
             await conn.execute(
@@ -278,6 +371,7 @@ def _user_record(values: RowMapping | dict[str, Any]) -> UserRecord:
         limits=dict(values["limits"] or {}),
         disabled=bool(values["disabled"]),
         created_at=values["created_at"],
+        credit_usd=_usd(values["credit_pico"]),
     )
 
 

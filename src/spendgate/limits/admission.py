@@ -3,7 +3,7 @@
 `admit` runs before the upstream call and may refuse (402/403/429) or hold a reservation;
 `settle` replaces the reservation with the real cost once the request ended; `release`
 gives it back when the request never reached a billable end. Backends: in process now,
-Redis for several instances (see limits/ backends as they arrive).
+Redis for several instances. The gateway's implementation is `limits.policy.LimitPolicy`.
 """
 
 from dataclasses import dataclass, field
@@ -40,21 +40,3 @@ class Admission(Protocol):
     async def release(self, principal: Principal, admitted: Admitted) -> None:
         """Give back the reservation of a request that was not charged."""
         ...
-
-
-class OpenAdmission:
-    """Admission when no limits, budgets or allow-lists are configured anywhere: admits all."""
-
-    _ADMITTED = Admitted()
-
-    async def admit(self, principal: Principal, request: PreparedRequest) -> Admitted:
-        """Admit every request."""
-        return self._ADMITTED
-
-    async def settle(
-        self, principal: Principal, admitted: Admitted, usage: Usage, cost: Decimal | None
-    ) -> None:
-        """Nothing to charge."""
-
-    async def release(self, principal: Principal, admitted: Admitted) -> None:
-        """Nothing to release."""
