@@ -40,6 +40,7 @@ format: $(VENV)/.installed-dev
 
 ## bench: throughput and CPU per request, spendgate vs the fake upstream direct
 bench: $(VENV)/.installed-dev
+	@command -v wrk >/dev/null || (sudo -n apt-get install -y -q wrk || apt-get install -y -q wrk)
 	$(BIN)/python bench/run.py
 
 clean:

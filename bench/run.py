@@ -26,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import admission
 from procs import BenchError
 from targets import TARGETS, Check, Running
 from wrk import run_wrk, wrk_version
@@ -201,6 +202,7 @@ def report(
     wrk: str,
     started: datetime,
     loads: tuple[str, str],
+    admission_lines: list[str],
 ) -> str:
     exe = Path(sys.executable)
     with contextlib.suppress(ValueError):
@@ -247,6 +249,7 @@ def report(
             "only spendgate); wrk's count must be within one request per connection per run.",
             "",
         ]
+    out += ["## limit and budget checks, in process", "", *admission_lines, ""]
     out += ["## server logs", "", *(logs or ["- no errors or warnings in any server log"]), ""]
     return "\n".join(out)
 
@@ -296,7 +299,10 @@ def main() -> int:
             f"- {s.name}: `{line}`" for r in running for s in r.servers for line in s.problems()
         ]
         loads = (load_start, loadavg())
-        text = report(args, results, checks, logs, wrk, started, loads)
+        print("measuring the limit and budget checks in process ...", file=sys.stderr)
+        requests = 10_000 if args.quick else 100_000
+        admission_lines = admission.report_lines(admission.measure(requests), requests)
+        text = report(args, results, checks, logs, wrk, started, loads, admission_lines)
         RESULTS.write_text(text + "\n")
         print(text)
         ok = all(check.ok for _, check in checks)

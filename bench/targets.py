@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 from procs import LOOPBACK, BenchError, Server, free_port, loopback_json
@@ -25,6 +26,7 @@ from spendgate.keys.material import display_key, hash_key, new_key
 from spendgate.ledger.engine import create_engine, normalize_database_url, upgrade
 from spendgate.ledger.reports import UsageFilter, usage_report
 from spendgate.ledger.store import Store
+from spendgate.limits.names import LIMIT_WINDOWS
 
 CHAT_PATH = "/v1/chat/completions"
 
@@ -94,11 +96,20 @@ def start_direct(work: Path) -> Running:
 
 def start_spendgate(work: Path) -> Running:
     """(c) `spendgate serve` (SQLite ledger in `work`, in-process limits) before a fake."""
-    home = work / "spendgate"
+    return _start_spendgate(work, "spendgate", limited=False)
+
+
+def start_spendgate_limited(work: Path) -> Running:
+    """(c') as (c), with every limit, both budgets, credits and an allow-list on the key."""
+    return _start_spendgate(work, "sg-limits", limited=True)
+
+
+def _start_spendgate(work: Path, name: str, *, limited: bool) -> Running:
+    home = work / name
     home.mkdir()  # the cwd: no stray .env is read
     database_url = f"sqlite:///{home / 'ledger.db'}"
-    key = asyncio.run(_make_key(database_url))
-    fake, base = start_fake(work, "spendgate-fake")
+    key = asyncio.run(_make_key(database_url, limited=limited))
+    fake, base = start_fake(work, f"{name}-fake")
     port = free_port()
     env = _clean_env() | {
         "SPENDGATE_DATABASE_URL": database_url,
@@ -107,8 +118,8 @@ def start_spendgate(work: Path) -> Running:
         "SPENDGATE_ADMIN_TOKEN": secrets.token_hex(16),
     }
     argv = [sys.executable, "-m", "spendgate", "serve", "--host", LOOPBACK, "--port", str(port)]
-    gateway = Server("spendgate", argv, work, env=env, cwd=home)
-    running = Running("spendgate", f"http://{LOOPBACK}:{port}{CHAT_PATH}", f"Bearer {key}",
+    gateway = Server(name, argv, work, env=env, cwd=home)
+    running = Running(name, f"http://{LOOPBACK}:{port}{CHAT_PATH}", f"Bearer {key}",
                       gateway, fake, base, finisher=_ledger_check(database_url))  # fmt: skip
     running.servers = [fake, gateway]
     try:
@@ -125,6 +136,12 @@ TARGETS: list[TargetDef] = [
     TargetDef(
         "spendgate", "(c) spendgate serve, SQLite ledger, in-process limits", start_spendgate
     ),
+    TargetDef(
+        "sg-limits",
+        "(c') as (c) with 12 rate limits (user and key), two budgets, credits and an allow-list "
+        "on the key, none of them reached",
+        start_spendgate_limited,
+    ),
 ]
 
 
@@ -137,12 +154,24 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.upper() not in upper}
 
 
-async def _make_key(database_url: str) -> str:
+async def _make_key(database_url: str, *, limited: bool) -> str:
     engine = create_engine(normalize_database_url(database_url))
     try:
         await upgrade(engine)
         key = new_key()
-        await Store(engine).create_key("bench", hash_key(key), display_key(key), note="bench")
+        store = Store(engine)
+        if not limited:
+            await store.create_key("bench", hash_key(key), display_key(key), note="bench")
+            return key
+        # Limits and money out of reach: every request is admitted, and checked.
+        limits = dict.fromkeys(LIMIT_WINDOWS, 10**11)
+        money = Decimal(1_000_000)
+        await store.create_user("bench", budget_usd=money, limits=limits)
+        await store.add_credit("bench", money, note="bench", actor="bench")
+        await store.create_key(
+            "bench", hash_key(key), display_key(key), note="bench", budget_usd=money,
+            budget_period="daily", limits=limits, models=["gpt-4o*"],
+        )  # fmt: skip
         return key
     finally:
         await engine.dispose()

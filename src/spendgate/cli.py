@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from spendgate import cli_accounts as accounts
 from spendgate.config import ConfigError, Settings, load_settings
 
 T = TypeVar("T")
@@ -23,8 +24,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-keys_app = typer.Typer(help="Create, list and revoke gateway keys.", no_args_is_help=True)
-users_app = typer.Typer(help="Create and list users.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list, update and revoke gateway keys.", no_args_is_help=True)
+users_app = typer.Typer(
+    help="Create, list and update users; add and show prepaid credit.", no_args_is_help=True
+)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(users_app, name="users")
@@ -39,8 +42,12 @@ COMMAND_DOCS = {
     "keys create": "Create a key for a user (shown once).",
     "keys list": "List keys in display form.",
     "keys revoke": "Revoke a key by id or full key.",
+    "keys update": "Change a key's note, models, expiry, budget or limits.",
     "users create": "Create a user.",
-    "users list": "List users.",
+    "users list": "List users with their budget, credit balance and limits.",
+    "users update": "Change a user's email, budget, limits or disabled flag.",
+    "users credit": "Add prepaid credit to a user (negative: refund or correction).",
+    "users credits": "Show a user's credit transactions and balance.",
     "usage": "Usage totals and groups (table, csv or json).",
     "prices": "Show the price in effect for a model and where it comes from.",
     "db upgrade": "Create or migrate the database schema.",
@@ -74,6 +81,14 @@ def check_user_name(name: str) -> None:
         TypeAdapter(Name).validate_python(name)
     except ValidationError:
         fail(f"invalid user name {name!r}: 1-200 characters, no '/' or control characters.")
+
+
+def flags_or_exit(parse: Callable[[], T]) -> T:
+    """Run a flag parser; a `FlagError` becomes the command's one-line error."""
+    try:
+        return parse()
+    except accounts.FlagError as exc:
+        fail(str(exc))
 
 
 def settings_or_exit(**overrides: Any) -> Settings:
@@ -198,19 +213,24 @@ def keys_create(
     note: Annotated[str | None, typer.Option(help="A note shown in listings.")] = None,
     models: Annotated[str | None, typer.Option(help="Comma list of model globs.")] = None,
     expires: Annotated[datetime | None, typer.Option(help="Expiry, ISO-8601.")] = None,
+    budget: accounts.BudgetOption = None,
+    period: accounts.PeriodOption = None,
+    limit: accounts.LimitOption = None,
 ) -> None:
     """Create a key for a user; it is shown once."""
     from spendgate.keys.material import display_key, hash_key, new_key
 
     check_user_name(user)
+    fields = flags_or_exit(lambda: accounts.create_fields(budget, period, limit))
     settings = settings_or_exit()
     key = new_key()
     globs = [item.strip() for item in models.split(",") if item.strip()] if models else None
 
     async def action(store: Any) -> Any:
         return await store.create_key(
-            user, hash_key(key), display_key(key), note=note, models=globs, expires_at=expires
-        )
+            user, hash_key(key), display_key(key), note=note, models=globs, expires_at=expires,
+            **fields,
+        )  # fmt: skip
 
     record = run_async(lambda: with_store(settings, action))
     typer.echo(f"key {record.id} for {user}: {key}")
@@ -224,14 +244,7 @@ def keys_list(
     """List keys in display form."""
     settings = settings_or_exit()
     records = run_async(lambda: with_store(settings, lambda store: store.list_keys(user)))
-    table = Table("id", "user", "key", "note", "created", "revoked", "expires", "last used")
-    for record in records:
-        table.add_row(
-            str(record.id), record.user, record.display, record.note or "",
-            _when(record.created_at), _when(record.revoked_at), _when(record.expires_at),
-            _when(record.last_used_at),
-        )  # fmt: skip
-    table_console().print(table)
+    table_console().print(accounts.keys_table(records))
 
 
 @keys_app.command("revoke")
@@ -256,18 +269,57 @@ def keys_revoke(id_or_key: Annotated[str, typer.Argument(help="Key id or the ful
     typer.echo(f"revoked key {record.id} ({record.display}) of {record.user}")
 
 
+@keys_app.command("update")
+def keys_update(
+    key_id: Annotated[str, typer.Argument(metavar="ID", help="Key id (see `keys list`).")],
+    note: Annotated[str | None, typer.Option(help="A note shown in listings ('' clears).")] = None,
+    models: Annotated[str | None, typer.Option(help="Comma list of model globs.")] = None,
+    all_models: Annotated[bool, typer.Option("--all-models", help="Allow every model.")] = False,
+    expires: Annotated[datetime | None, typer.Option(help="Expiry, ISO-8601.")] = None,
+    no_expiry: Annotated[bool, typer.Option("--no-expiry", help="Never expire.")] = False,
+    budget: accounts.BudgetOption = None,
+    no_budget: accounts.NoBudgetOption = False,
+    period: accounts.PeriodOption = None,
+    limit: accounts.LimitOption = None,
+    clear_limits: accounts.ClearLimitsOption = False,
+) -> None:
+    """Change a key's note, models, expiry, budget or limits (limits merge into the old)."""
+    from spendgate.api.admin_keys import parse_key_id
+
+    update = flags_or_exit(lambda: accounts.AccountUpdate.parse(
+        accounts.key_fields(note, models, all_models, expires, no_expiry), budget=budget,
+        no_budget=no_budget, period=period, limits=limit, clear_limits=clear_limits,
+    ))  # fmt: skip
+    number = parse_key_id(key_id)
+    if number is None:
+        fail(f"no key with id {key_id!r}.")
+    settings = settings_or_exit()
+    record = run_async(
+        lambda: with_store(settings, lambda s: accounts.update_key(s, number, update))
+    )
+    if record is None:
+        fail(f"no key with id {key_id!r}.")
+    typer.echo(f"updated {accounts.key_summary(record)}")
+
+
 @users_app.command("create")
 def users_create(
     name: Annotated[str, typer.Argument(help="User name.")],
     email: Annotated[str | None, typer.Option(help="Email address.")] = None,
+    budget: accounts.BudgetOption = None,
+    period: accounts.PeriodOption = None,
+    limit: accounts.LimitOption = None,
 ) -> None:
     """Create a user."""
     from spendgate.errors import Conflict
 
     check_user_name(name)
+    fields = flags_or_exit(lambda: accounts.create_fields(budget, period, limit))
     settings = settings_or_exit()
     try:
-        run_async(lambda: with_store(settings, lambda store: store.create_user(name, email=email)))
+        run_async(
+            lambda: with_store(settings, lambda store: store.create_user(name, email, **fields))
+        )
     except Conflict as exc:
         fail(exc.message)
     typer.echo(f"created user {name}")
@@ -275,15 +327,71 @@ def users_create(
 
 @users_app.command("list")
 def users_list() -> None:
-    """List users."""
+    """List users with their budget, credit balance and limits."""
     settings = settings_or_exit()
-    records = run_async(lambda: with_store(settings, lambda store: store.list_users()))
-    table = Table("name", "email", "budget", "period", "disabled", "created")
-    for user in records:
-        budget = str(user.budget_usd) if user.budget_usd is not None else ""
-        table.add_row(user.name, user.email or "", budget, user.budget_period or "",
-                      "yes" if user.disabled else "", _when(user.created_at))  # fmt: skip
-    table_console().print(table)
+    rows = run_async(lambda: with_store(settings, accounts.users_with_balances))
+    table_console().print(accounts.users_table(rows))
+
+
+@users_app.command("update")
+def users_update(
+    name: Annotated[str, typer.Argument(help="User name.")],
+    email: Annotated[str | None, typer.Option(help="Email address ('' clears it).")] = None,
+    budget: accounts.BudgetOption = None,
+    no_budget: accounts.NoBudgetOption = False,
+    period: accounts.PeriodOption = None,
+    limit: accounts.LimitOption = None,
+    clear_limits: accounts.ClearLimitsOption = False,
+    disable: Annotated[
+        bool | None, typer.Option("--disable/--enable", help="Refuse (or accept) its requests.")
+    ] = None,
+) -> None:
+    """Change a user's email, budget, limits or disabled flag (limits merge into the old)."""
+    update = flags_or_exit(lambda: accounts.AccountUpdate.parse(
+        accounts.user_fields(email, disable), budget=budget, no_budget=no_budget, period=period,
+        limits=limit, clear_limits=clear_limits,
+    ))  # fmt: skip
+    settings = settings_or_exit()
+    user = run_async(
+        lambda: with_store(settings, lambda store: accounts.update_user(store, name, update))
+    )
+    if user is None:
+        fail(f"no user named {name!r}.")
+    typer.echo(f"updated {accounts.user_summary(user)}")
+
+
+# ignore_unknown_options: a negative AMOUNT such as -5 is an argument, not an unknown option.
+@users_app.command("credit", context_settings={"ignore_unknown_options": True})
+def users_credit(
+    name: Annotated[str, typer.Argument(help="User name.")],
+    amount: Annotated[
+        str, typer.Argument(metavar="AMOUNT", help="USD to add; negative (e.g. -5) takes away.")
+    ],
+    note: Annotated[str | None, typer.Option(help="Why, kept with the transaction.")] = None,
+) -> None:
+    """Add prepaid credit to a user (negative: refund or correction); print the balance."""
+    value = flags_or_exit(lambda: accounts.parse_credit(amount))
+    settings = settings_or_exit()
+    balance = run_async(
+        lambda: with_store(settings, lambda s: accounts.add_credit(s, name, value, note))
+    )
+    if balance is None:
+        fail(f"no user named {name!r}.")
+    typer.echo(accounts.balance_line(name, balance))
+
+
+@users_app.command("credits")
+def users_credits(name: Annotated[str, typer.Argument(help="User name.")]) -> None:
+    """Show a user's credit transactions and balance."""
+    settings = settings_or_exit()
+    history = run_async(
+        lambda: with_store(settings, lambda store: accounts.credit_history(store, name))
+    )
+    if history is None:
+        fail(f"no user named {name!r}.")
+    credits, balance = history
+    table_console().print(accounts.credits_table(credits))
+    typer.echo(accounts.balance_line(name, balance))
 
 
 @app.command()
@@ -347,10 +455,6 @@ def db_upgrade() -> None:
     except ValueError as exc:
         fail(str(exc))
     typer.echo("database is up to date")
-
-
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M") if value else ""
 
 
 def main() -> None:

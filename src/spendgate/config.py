@@ -207,7 +207,7 @@ class Settings(BaseSettings):
         description="How long a budget reservation lives if its request never settles.",
     )
     default_user_budget_usd: (
-        Annotated[Decimal, Field(ge=0, max_digits=20, decimal_places=12)] | None
+        Annotated[Decimal, Field(ge=0, le=9_000_000, decimal_places=12)] | None
     ) = Field(
         None,
         validation_alias=_env("SPENDGATE_DEFAULT_USER_BUDGET_USD"),
@@ -224,7 +224,7 @@ class Settings(BaseSettings):
         description='Limits (JSON: {"requests_per_minute": 60}) for new users created without.',
     )
     default_key_budget_usd: (
-        Annotated[Decimal, Field(ge=0, max_digits=20, decimal_places=12)] | None
+        Annotated[Decimal, Field(ge=0, le=9_000_000, decimal_places=12)] | None
     ) = Field(
         None,
         validation_alias=_env("SPENDGATE_DEFAULT_KEY_BUDGET_USD"),

@@ -11,7 +11,9 @@ from spendgate.limits.names import Limits
 from spendgate.periods import Period
 
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f/]+$")]
-Money = Annotated[Decimal, Field(ge=0, max_digits=20, decimal_places=12)]
+# Picodollars must fit a signed 64-bit column: at most about 9.2 million USD.
+MAX_USD = Decimal(9_000_000)
+Money = Annotated[Decimal, Field(ge=0, le=MAX_USD, decimal_places=12)]
 
 
 class UserCreate(BaseModel):
@@ -34,7 +36,7 @@ class UserPatch(BaseModel):
 
 class CreditChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    amount_usd: Annotated[Decimal, Field(max_digits=20, decimal_places=12)]
+    amount_usd: Annotated[Decimal, Field(ge=-MAX_USD, le=MAX_USD, decimal_places=12)]
     note: Annotated[str, Field(max_length=500)] | None = None
     actor: Annotated[str, Field(min_length=1, max_length=200)] | None = None
 

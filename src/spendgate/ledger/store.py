@@ -18,6 +18,7 @@ from spendgate.ledger.records import CreditRecord, KeyRecord, UserRecord
 from spendgate.ledger.schema import GENERATION, ApiKey, CreditTransaction, Meta, User, utc_now
 from spendgate.money import pico_to_usd, usd_to_pico
 
+MAX_PICO = 2**63 - 1  # money columns are signed 64-bit integers of picodollars
 USER_FIELDS = frozenset({"email", "budget_usd", "budget_period", "limits", "disabled"})
 KEY_FIELDS = frozenset({"note", "expires_at", "models", "budget_usd", "budget_period", "limits"})
 
@@ -141,9 +142,14 @@ class Store:
         """
         amount = usd_to_pico(amount_usd)
         async with self._engine.begin() as conn:
-            user_id = await conn.scalar(select(User.id).where(User.name == name))
-            if user_id is None:
+            found = (
+                await conn.execute(select(User.id, User.credit_pico).where(User.name == name))
+            ).first()
+            if found is None:
                 return None
+            user_id, credit = found
+            if abs((credit or 0) + amount) > MAX_PICO:
+                raise Conflict("the credit balance would leave the supported range (±9.2M USD)")
             await conn.execute(
                 insert(CreditTransaction).values(
                     user_id=user_id, amount_pico=amount, note=note, actor=actor

@@ -58,7 +58,11 @@ class RateState:
 
 @dataclass(slots=True)
 class Grant:
-    """Everything `acquire` took for one request."""
+    """Everything `acquire` took for one request.
+
+    `states` holds, for each unit with a rule, the state with the fewest units left after
+    this request (the later reset on a tie): what the `x-ratelimit-*` headers tell.
+    """
 
     states: list[RateState] = field(default_factory=list)
     reservation: int | None = None  # reservation id, None when nothing was reserved
@@ -67,7 +71,8 @@ class Grant:
 
 @dataclass(slots=True)
 class Refusal:
-    """Why `acquire` took nothing: the first rule that did not fit."""
+    """Why `acquire` took nothing: for rates, the refusing rule with the longest wait and
+    every rule's numbers; else the first spend rule at its cap."""
 
     kind: Literal["rate", "budget", "credits"]
     rule: RateRule | SpendRule

@@ -9,7 +9,7 @@ nanosecond count multiplied by `limit`, so one unit costs exactly `period_ns` sc
 nanoseconds and nothing is ever rounded. Everything here is a pure function of integers.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,11 +18,10 @@ class Rate:
 
     limit: int
     period_ns: int
+    capacity: int = field(init=False, compare=False, repr=False)  # the bucket, scaled ns
 
-    @property
-    def capacity(self) -> int:
-        """The whole bucket, in scaled nanoseconds."""
-        return self.limit * self.period_ns
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "capacity", self.limit * self.period_ns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +51,17 @@ def check(rate: Rate, tat: int, now_ns: int, cost: int) -> Verdict:
     # A cost over the limit can never fit: say "a full period" rather than 0.
     retry = rate.period_ns if cost > rate.limit or rate.limit == 0 else _ceil_div(over, rate.limit)
     return Verdict(False, tat, remaining, reset, retry)
+
+
+def take(rate: Rate, tat: int, now_ns: int, cost: int) -> tuple[int, int] | None:
+    """`(state after, units left)` if `cost` units fit now, else None (the hot-path `check`)."""
+    limit = rate.limit
+    now = now_ns * limit
+    new_tat = (tat if tat > now else now) + cost * rate.period_ns
+    left = rate.capacity - (new_tat - now)
+    if left < 0 or limit == 0:
+        return None
+    return new_tat, left // rate.period_ns
 
 
 def charge(rate: Rate, tat: int, now_ns: int, cost: int) -> int:

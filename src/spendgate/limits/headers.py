@@ -50,12 +50,18 @@ def tightest(states: Sequence[RateState], unit: str) -> RateState | None:
     return best
 
 
+_NAMES = {
+    unit: tuple(f"x-ratelimit-{part}-{unit}".encode() for part in ("limit", "remaining", "reset"))
+    for unit in ("requests", "tokens")
+}
+
+
 def rate_headers(
     states: Sequence[RateState], refused: RateRule | None = None
 ) -> list[tuple[bytes, bytes]]:
     """The `x-ratelimit-*` headers for these states (the refused rule wins its unit)."""
     headers: list[tuple[bytes, bytes]] = []
-    for unit in ("requests", "tokens"):
+    for unit, (limit, left, reset) in _NAMES.items():
         state = None
         if refused is not None and refused.unit == unit:
             state = next((s for s in states if s.rule is refused), None)
@@ -63,9 +69,7 @@ def rate_headers(
             state = tightest(states, unit)
         if state is None:
             continue
-        headers.append((f"x-ratelimit-limit-{unit}".encode(), b"%d" % state.rule.rate.limit))
-        headers.append((f"x-ratelimit-remaining-{unit}".encode(), b"%d" % state.remaining))
-        headers.append(
-            (f"x-ratelimit-reset-{unit}".encode(), format_reset(state.reset_after_ns).encode())
-        )
+        headers.append((limit, b"%d" % state.rule.rate.limit))
+        headers.append((left, b"%d" % state.remaining))
+        headers.append((reset, format_reset(state.reset_after_ns).encode()))
     return headers

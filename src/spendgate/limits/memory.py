@@ -21,7 +21,7 @@ from spendgate.limits.backend import (
     Refusal,
     SpendRule,
 )
-from spendgate.limits.gcra import charge, check, peek
+from spendgate.limits.gcra import charge, check, peek, take
 
 DAY_NS = 86_400 * 10**9
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
@@ -69,34 +69,31 @@ class MemoryBackend:
         reserve_pico: int,
     ) -> Grant | Refusal:
         """Check every rule; take all of them or nothing (see `LimitBackend.acquire`)."""
-        baselines = [await self._baseline_of(rule.scope, rule.since) for rule in spends]
+        baselines = []
+        for rule in spends:
+            base = self._baselines.get((rule.scope, rule.since))
+            baselines.append(
+                base if base is not None else await self._baseline_of(rule.scope, rule.since)
+            )
         # From here to the return there is no await: this is the atomic section.
         now = self._clock()
         self._expire(now)
-        verdicts = []
-        refused: RateRule | None = None
-        retry = 0
+        taken: list[tuple[int, int]] = []
+        tats = self._tat
         for rule in rates:
-            verdict = check(rule.rate, self._tat_of(rule), now, 1)
-            if not verdict.allowed and verdict.retry_after_ns >= retry:
-                refused, retry = rule, verdict.retry_after_ns
-            verdicts.append(verdict)
-        if refused is not None:
-            return Refusal("rate", refused, retry, self._states(rates, now))
+            entry = tats.get(rule.key)
+            state = entry[0] if entry is not None and entry[1] == rule.rate.limit else 0
+            after = take(rule.rate, state, now, 1)
+            if after is None:
+                return self._refuse(rates, now)
+            # Token rules only need room for one token now; the real count comes in commit.
+            taken.append(after if rule.unit == "requests" else (state, after[1] + 1))
         for spend, base in zip(spends, baselines, strict=True):
             scope = spend.scope
             used = base + self._own_since(scope, spend.since) + self._reserved.get(scope, 0)
             if used >= spend.cap_pico:
                 return Refusal(spend.kind, spend)
-        states = []
-        for rule, verdict in zip(rates, verdicts, strict=True):
-            if rule.unit == "requests":
-                self._tat[rule.key] = (verdict.tat, rule.rate.limit)
-                states.append(RateState(rule, verdict.remaining, verdict.reset_after_ns))
-            else:
-                remaining, reset = peek(rule.rate, self._tat_of(rule), now)
-                states.append(RateState(rule, remaining, reset))
-        grant = Grant(states)
+        grant = Grant(self._commit_rates(rates, taken, now) if rates else [])
         if spends and reserve_pico > 0:
             grant.reservation = self._reserve(spends, reserve_pico, now)
             grant.reserved_pico = reserve_pico
@@ -116,9 +113,12 @@ class MemoryBackend:
             self._drop(grant.reservation)
             grant.reservation = None
         if tokens > 0:
+            tats = self._tat
             for rule in token_rules:
-                self._tat[rule.key] = (charge(rule.rate, self._tat_of(rule), now, tokens),
-                                       rule.rate.limit)  # fmt: skip
+                limit = rule.rate.limit
+                entry = tats.get(rule.key)
+                state = entry[0] if entry is not None and entry[1] == limit else 0
+                tats[rule.key] = (charge(rule.rate, state, now, tokens), limit)
         if cost_pico:
             day = now // DAY_NS
             for scope in scopes:
@@ -150,6 +150,32 @@ class MemoryBackend:
             return 0  # never used, or the limit changed: start from a full bucket
         return entry[0]
 
+    def _commit_rates(
+        self, rates: Sequence[RateRule], taken: list[tuple[int, int]], now: int
+    ) -> list[RateState]:
+        """Store the taken states; return the tightest state of each unit."""
+        tats = self._tat
+        tightest: dict[str, tuple[int, int, RateRule]] = {}
+        for rule, (state, left) in zip(rates, taken, strict=True):
+            if rule.unit == "requests":
+                tats[rule.key] = (state, rule.rate.limit)
+            best = tightest.get(rule.unit)
+            if best is None or left < best[0] or (left == best[0] and state > best[1]):
+                tightest[rule.unit] = (left, state, rule)
+        return [
+            RateState(rule, left, peek(rule.rate, state, now)[1])
+            for left, state, rule in tightest.values()
+        ]
+
+    def _refuse(self, rates: Sequence[RateRule], now: int) -> Refusal:
+        """The refusal naming the rule with the longest wait, with every rule's numbers."""
+        refused, retry = rates[0], -1
+        for rule in rates:
+            verdict = check(rule.rate, self._tat_of(rule), now, 1)
+            if not verdict.allowed and verdict.retry_after_ns > retry:
+                refused, retry = rule, verdict.retry_after_ns
+        return Refusal("rate", refused, retry, self._states(rates, now))
+
     def _states(self, rates: Sequence[RateRule], now: int) -> list[RateState]:
         return [RateState(rule, *peek(rule.rate, self._tat_of(rule), now)) for rule in rates]
 
@@ -158,22 +184,21 @@ class MemoryBackend:
         value = self._baselines.get(key)
         if value is not None:
             return value
-        pending = self._loading.get(key)
-        if pending is None:
-            pending = asyncio.get_running_loop().create_future()
-            self._loading[key] = pending
-            try:
-                result = await self._baseline(scope, since)
-            except BaseException as exc:
-                del self._loading[key]
-                pending.set_exception(exc)
-                pending.exception()  # mark retrieved: waiters, if any, re-raise it
-                raise
-            self._baselines[key] = result
+        loading = self._loading.get(key)
+        if loading is None:
+            # One load per key, in its own task: a cancelled caller does not cancel it.
+            loading = asyncio.ensure_future(self._load_baseline(key))
+            loading.add_done_callback(_retrieve)
+            self._loading[key] = loading
+        return await asyncio.shield(loading)
+
+    async def _load_baseline(self, key: tuple[str, date | None]) -> int:
+        try:
+            value = await self._baseline(*key)
+            self._baselines[key] = value
+            return value
+        finally:
             del self._loading[key]
-            pending.set_result(result)
-            return result
-        return await asyncio.shield(pending)
 
     def _own_since(self, scope: str, since: date | None) -> int:
         if since is None:
@@ -224,3 +249,9 @@ class MemoryBackend:
             for key, value in self._baselines.items()
             if key[1] is None or key[1] >= oldest_day
         }
+
+
+def _retrieve(task: "asyncio.Future[int]") -> None:
+    """Mark a baseline load's failure as seen; its callers re-raise it themselves."""
+    if not task.cancelled():
+        task.exception()
