@@ -292,8 +292,8 @@ async def users_with_balances(store: "Store") -> list[tuple[UserRecord, Decimal 
 
 
 def usd(amount: Decimal) -> str:
-    """`$` and every significant digit: "$0.000435", "$-5"."""
-    return f"${format_usd(amount)}"
+    """`$` and every significant digit: "$0.000435", "-$5"."""
+    return f"-${format_usd(-amount)}" if amount < 0 else f"${format_usd(amount)}"
 
 
 def limits_text(limits: Mapping[str, int]) -> str:

@@ -70,11 +70,11 @@ class MemoryBackend:
     ) -> Grant | Refusal:
         """Check every rule; take all of them or nothing (see `LimitBackend.acquire`)."""
         baselines = []
-        for rule in spends:
-            base = self._baselines.get((rule.scope, rule.since))
-            baselines.append(
-                base if base is not None else await self._baseline_of(rule.scope, rule.since)
-            )
+        for spend in spends:
+            known = self._baselines.get((spend.scope, spend.since))
+            if known is None:
+                known = await self._baseline_of(spend.scope, spend.since)
+            baselines.append(known)
         # From here to the return there is no await: this is the atomic section.
         now = self._clock()
         self._expire(now)
