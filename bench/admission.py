@@ -55,13 +55,18 @@ CONFIGURATIONS = (
 )  # fmt: skip
 
 
+def _limits(names: tuple[str, ...], step: int) -> dict[str, int]:
+    """Limits out of reach, each a different number (as real limits are: few ties)."""
+    return {name: BIG * (i * step + 1) for i, name in enumerate(names)}
+
+
 def _principal(config: Configuration) -> Principal:
     created = datetime(2026, 1, 1, tzinfo=UTC)
     money = Decimal(BIG)
     user = UserRecord(
         id=1, name="bench", email=None,
         budget_usd=money if config.user_budget else None, budget_period="monthly",
-        limits=dict.fromkeys(config.user_limits, BIG), disabled=False, created_at=created,
+        limits=_limits(config.user_limits, 1), disabled=False, created_at=created,
         credit_usd=money if config.credits else None,
     )  # fmt: skip
     key = KeyRecord(
@@ -69,7 +74,7 @@ def _principal(config: Configuration) -> Principal:
         created_at=created, revoked_at=None, expires_at=None,
         models=["gpt-4o*"] if config.models else None,
         budget_usd=money if config.key_budget else None, budget_period="daily",
-        limits=dict.fromkeys(config.key_limits, BIG), last_used_at=None,
+        limits=_limits(config.key_limits, 2), last_used_at=None,
     )  # fmt: skip
     return Principal(key=key, user=user)
 

@@ -18,6 +18,7 @@ from spendgate.limits.backend import (
     Grant,
     LimitBackend,
     RateRule,
+    RateState,
     Refusal,
     SpendKind,
     SpendRule,
@@ -165,15 +166,50 @@ async def acquire_n(
 # rate rules
 
 
-async def test_fresh_rules_grant_and_report_what_is_left(backend: LimitBackend) -> None:
+def by_unit(states: Sequence[RateState]) -> dict[str, tuple[RateRule, int, int]]:
+    """A grant's states keyed by unit, as (rule, remaining, reset_after_ns)."""
+    assert len({state.rule.unit for state in states}) == len(states), "one state per unit"
+    return {
+        state.rule.unit: (state.rule, state.remaining, state.reset_after_ns) for state in states
+    }
+
+
+async def test_fresh_rules_are_full_buckets(backend: LimitBackend) -> None:
     user, key = per_minute(USER, 5), per_minute(KEY, 2)
-    assert [(s.rule, s.remaining, s.reset_after_ns) for s in await backend.peek([user, key])] == [
+    states = await backend.peek([user, key])
+    assert [(s.rule, s.remaining, s.reset_after_ns) for s in states] == [
         (user, 5, 0),
         (key, 2, 0),
     ]
-    grant = granted(await backend.acquire([user, key], [], 0))
-    assert [(s.rule, s.remaining) for s in grant.states] == [(user, 4), (key, 1)]
+
+
+async def test_grant_reports_the_tightest_rule_of_each_unit(backend: LimitBackend) -> None:
+    user_rpm, key_rpm = per_minute(USER, 5), per_minute(KEY, 2)
+    user_tpm, key_tpm = per_minute(USER, 500, "tokens"), per_minute(KEY, 1_000, "tokens")
+    grant = granted(await backend.acquire([user_rpm, key_tpm, key_rpm, user_tpm], [], 0))
+    assert by_unit(grant.states) == {
+        "requests": (key_rpm, 1, 30 * SECOND),  # 1 of 2 left; the used one is back in 30 s
+        "tokens": (user_tpm, 500, 0),  # token rules are not charged by acquire
+    }
     assert grant.reservation is None
+
+
+@pytest.mark.parametrize("hourly_first", [True, False])
+async def test_grant_reports_the_later_reset_when_remaining_ties(
+    backend: LimitBackend, hourly_first: bool
+) -> None:
+    hourly = RateRule(f"{USER}:rph", "requests_per_hour", USER, "requests", Rate(2, 3_600 * SECOND))
+    minutely = per_minute(KEY, 3)
+    granted(await backend.acquire([minutely], [], 0))
+    rates = [hourly, minutely] if hourly_first else [minutely, hourly]
+    grant = granted(await backend.acquire(rates, [], 0))
+    # Both have one request left: the hourly rule's comes back in 30 minutes, the other's
+    # in 40 seconds. The headers must tell the later one.
+    assert {s.rule: (s.remaining, s.reset_after_ns) for s in await backend.peek(rates)} == {
+        hourly: (1, 1_800 * SECOND),
+        minutely: (1, 40 * SECOND),
+    }
+    assert by_unit(grant.states) == {"requests": (hourly, 1, 1_800 * SECOND)}
 
 
 async def test_request_refused_by_one_rule_charges_no_other_rule(backend: LimitBackend) -> None:
@@ -238,14 +274,17 @@ async def test_refusal_names_the_rule_with_the_longest_wait(
     }
 
 
-async def test_rule_with_a_new_limit_starts_from_a_full_bucket(backend: LimitBackend) -> None:
-    old = per_minute(KEY, 2)
-    await acquire_n(backend, 2, [old])
+@pytest.mark.parametrize(("old_limit", "new_limit"), [(3, 2), (2, 3)])
+async def test_rule_with_a_new_limit_starts_from_a_full_bucket(
+    backend: LimitBackend, old_limit: int, new_limit: int
+) -> None:
+    old = per_minute(KEY, old_limit)
+    await acquire_n(backend, old_limit, [old])
     refused(await backend.acquire([old], [], 0))
-    new = RateRule(old.key, old.name, old.scope, old.unit, Rate(3, MINUTE))
+    new = RateRule(old.key, old.name, old.scope, old.unit, Rate(new_limit, MINUTE))
     [state] = await backend.peek([new])
-    assert (state.remaining, state.reset_after_ns) == (3, 0)
-    await acquire_n(backend, 3, [new])
+    assert (state.remaining, state.reset_after_ns) == (new_limit, 0)
+    await acquire_n(backend, new_limit, [new])
     assert refused(await backend.acquire([new], [], 0)).rule == new
 
 
@@ -598,5 +637,8 @@ async def test_peek_changes_nothing(
     assert await backend.reserved(USER) == 100
     assert await backend.spent(USER, TODAY) == 75
     after = granted(await backend.acquire([rpm, tpm], [], 0))
-    assert [s.remaining for s in after.states] == [1, 616]
+    assert {unit: left for unit, (_, left, _) in by_unit(after.states).items()} == {
+        "requests": 1,
+        "tokens": 616,
+    }
     await backend.commit(grant, [tpm], [USER], 0, 0)

@@ -1,9 +1,9 @@
 """GCRA window arithmetic: burst, refill, exact retry and reset times, debt, and peek."""
 
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spendgate.limits.gcra import Rate, charge, check, peek
+from spendgate.limits.gcra import Rate, charge, check, peek, take
 
 SECOND = 10**9
 MINUTE = 60 * SECOND
@@ -30,6 +30,43 @@ def moments(
         st.integers(-2 * rate.capacity - rate.period_ns, 3 * rate.capacity + rate.period_ns)
     )
     return rate, max(0, now_ns * rate.limit + used), now_ns
+
+
+Check = tuple[Rate, int, int, int]  # rate, tat, now_ns, cost
+
+
+@st.composite
+def fitting_checks(draw: st.DrawFn) -> Check:
+    """A check of 1..limit units against a bucket with room for them."""
+    rate = draw(positive_rates)
+    now_ns = draw(instants)
+    cost = draw(st.integers(1, rate.limit))
+    used = draw(
+        st.integers(-2 * rate.capacity - rate.period_ns, (rate.limit - cost) * rate.period_ns)
+    )
+    return rate, max(0, now_ns * rate.limit + used), now_ns, cost
+
+
+@st.composite
+def overflowing_checks(draw: st.DrawFn) -> Check:
+    """A check of 0..limit units against a bucket without room for them (maybe in debt)."""
+    rate = draw(positive_rates)
+    now_ns = draw(instants)
+    cost = draw(st.integers(0, rate.limit))
+    too_much = draw(st.integers(1, 3 * rate.capacity + rate.period_ns))
+    used = (rate.limit - cost) * rate.period_ns + too_much
+    return rate, now_ns * rate.limit + used, now_ns, cost
+
+
+@st.composite
+def never_fitting_checks(draw: st.DrawFn) -> Check:
+    """A check over the limit, or against a zero limit, at any state."""
+    rate, tat, now_ns = draw(moments(any_rates))
+    if rate.limit == 0:
+        cost = draw(st.integers(0, 40))
+    else:
+        cost = draw(st.integers(rate.limit + 1, 3 * rate.limit + 1))
+    return rate, tat, now_ns, cost
 
 
 @st.composite
@@ -148,34 +185,40 @@ def test_admitted_units_never_exceed_burst_plus_refill(
 
 
 @PROPERTY
-@given(moment=moments(any_rates), cost=st.integers(0, 40))
-def test_refused_check_leaves_the_state_unchanged(moment: tuple[Rate, int, int], cost: int) -> None:
-    rate, tat, now_ns = moment
+@given(st.one_of(overflowing_checks(), never_fitting_checks()))
+def test_refused_check_leaves_the_state_unchanged(case: Check) -> None:
+    rate, tat, now_ns, cost = case
     verdict = check(rate, tat, now_ns, cost)
-    assume(not verdict.allowed)
+    assert not verdict.allowed
     assert verdict.tat == tat
     assert verdict.retry_after_ns > 0
 
 
 @PROPERTY
-@given(moment=moments(), cost=st.integers(1, 40))
-def test_allowed_check_takes_exactly_what_charge_takes(
-    moment: tuple[Rate, int, int], cost: int
-) -> None:
-    rate, tat, now_ns = moment
+@given(fitting_checks())
+def test_allowed_check_takes_exactly_what_charge_takes(case: Check) -> None:
+    rate, tat, now_ns, cost = case
     verdict = check(rate, tat, now_ns, cost)
-    assume(verdict.allowed)
+    assert verdict.allowed
     assert verdict.retry_after_ns == 0
     assert verdict.tat == charge(rate, tat, now_ns, cost)
 
 
 @PROPERTY
-@given(moment=moments(), data=st.data())
-def test_retry_after_is_the_exact_wait(moment: tuple[Rate, int, int], data: st.DataObject) -> None:
+@given(moment=moments(any_rates), cost=st.integers(0, 40))
+def test_take_is_check_without_the_other_numbers(moment: tuple[Rate, int, int], cost: int) -> None:
     rate, tat, now_ns = moment
-    cost = data.draw(st.integers(0, rate.limit))
     verdict = check(rate, tat, now_ns, cost)
-    assume(not verdict.allowed)
+    expected = (verdict.tat, verdict.remaining) if verdict.allowed else None
+    assert take(rate, tat, now_ns, cost) == expected
+
+
+@PROPERTY
+@given(overflowing_checks())
+def test_retry_after_is_the_exact_wait(case: Check) -> None:
+    rate, tat, now_ns, cost = case
+    verdict = check(rate, tat, now_ns, cost)
+    assert not verdict.allowed
     retry = verdict.retry_after_ns
     assert retry > 0
     assert check(rate, tat, now_ns + retry, cost).allowed
@@ -183,14 +226,9 @@ def test_retry_after_is_the_exact_wait(moment: tuple[Rate, int, int], data: st.D
 
 
 @PROPERTY
-@given(moment=moments(any_rates), data=st.data())
-def test_check_that_can_never_fit_waits_a_full_period(
-    moment: tuple[Rate, int, int], data: st.DataObject
-) -> None:
-    rate, tat, now_ns = moment
-    cost = data.draw(
-        st.integers(0, 40) if rate.limit == 0 else st.integers(rate.limit + 1, 3 * rate.limit + 1)
-    )
+@given(case=never_fitting_checks(), data=st.data())
+def test_check_that_can_never_fit_waits_a_full_period(case: Check, data: st.DataObject) -> None:
+    rate, tat, now_ns, cost = case
     verdict = check(rate, tat, now_ns, cost)
     assert not verdict.allowed
     assert verdict.retry_after_ns == rate.period_ns > 0
@@ -200,13 +238,11 @@ def test_check_that_can_never_fit_waits_a_full_period(
 
 
 @PROPERTY
-@given(moment=moments(), data=st.data())
-def test_remaining_after_an_allowed_check_is_honest(
-    moment: tuple[Rate, int, int], data: st.DataObject
-) -> None:
-    rate, tat, now_ns = moment
-    verdict = check(rate, tat, now_ns, data.draw(st.integers(1, rate.limit)))
-    assume(verdict.allowed)
+@given(fitting_checks())
+def test_remaining_after_an_allowed_check_is_honest(case: Check) -> None:
+    rate, tat, now_ns, cost = case
+    verdict = check(rate, tat, now_ns, cost)
+    assert verdict.allowed
     assert admits(rate, verdict.tat, now_ns) == verdict.remaining
 
 
@@ -249,13 +285,11 @@ def test_bucket_is_full_exactly_at_reset(moment: tuple[Rate, int, int]) -> None:
 
 
 @PROPERTY
-@given(moment=moments(), cost=st.integers(1, 30))
-def test_allowed_check_reports_when_the_bucket_is_full_again(
-    moment: tuple[Rate, int, int], cost: int
-) -> None:
-    rate, tat, now_ns = moment
+@given(fitting_checks())
+def test_allowed_check_reports_when_the_bucket_is_full_again(case: Check) -> None:
+    rate, tat, now_ns, cost = case
     verdict = check(rate, tat, now_ns, cost)
-    assume(verdict.allowed)
+    assert verdict.allowed
     assert verdict.reset_after_ns > 0
     assert admits(rate, verdict.tat, now_ns + verdict.reset_after_ns) == rate.limit
     assert admits(rate, verdict.tat, now_ns + verdict.reset_after_ns - 1) < rate.limit

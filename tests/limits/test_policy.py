@@ -15,7 +15,7 @@ from spendgate.limits.memory import MemoryBackend
 from spendgate.limits.policy import LimitPolicy, model_allowed
 from spendgate.metering.pricing import ModelPrice, PriceBook
 from spendgate.metering.usage import Usage
-from spendgate.money import usd_to_pico
+from spendgate.money import pico_to_usd, usd_to_pico
 from spendgate.proxy.rewrite import PreparedRequest, prepare_request
 
 SECOND = 10**9
@@ -213,7 +213,7 @@ async def test_the_reservation_is_the_worst_case_and_blocks_concurrent_requests(
     first = await policy.admit(who, request)
     # prompt: one token per body byte at 1 µ$; output: 200 tokens at 2 µ$
     expected = Decimal(len(request.body)) * Decimal("0.000001") + 200 * Decimal("0.000002")
-    assert first.reservation_usd == expected
+    assert pico_to_usd(first.reserved_pico) == expected
     admitted = [first]
     while True:
         try:
@@ -230,7 +230,7 @@ async def test_a_request_without_max_tokens_reserves_the_default_cap() -> None:
     policy = make_policy(Clock(datetime(2026, 3, 10, tzinfo=UTC)))
     request = chat(max_tokens=None)
     admitted = await policy.admit(principal(user_budget="1"), request)
-    assert admitted.reservation_usd == (
+    assert pico_to_usd(admitted.reserved_pico) == (
         Decimal(len(request.body)) * Decimal("0.000001") + 100 * Decimal("0.000002")
     )
 
@@ -238,7 +238,7 @@ async def test_a_request_without_max_tokens_reserves_the_default_cap() -> None:
 async def test_unpriced_models_reserve_nothing() -> None:
     policy = make_policy(Clock(datetime(2026, 3, 10, tzinfo=UTC)))
     admitted = await policy.admit(principal(user_budget="1"), chat(model="mystery"))
-    assert admitted.reservation_usd == 0
+    assert pico_to_usd(admitted.reserved_pico) == 0
 
 
 # credits

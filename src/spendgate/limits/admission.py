@@ -20,7 +20,7 @@ class Admitted:
     """What admission granted one request: headers to add and what to settle later."""
 
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    reservation_usd: Decimal = Decimal(0)
+    reserved_pico: int = 0  # the worst-case cost held against budgets and credits
     token: object = None
 
 

@@ -78,22 +78,42 @@ class MemoryBackend:
         # From here to the return there is no await: this is the atomic section.
         now = self._clock()
         self._expire(now)
-        taken: list[tuple[int, int]] = []
         tats = self._tat
+        taken: list[tuple[str, tuple[int, int]]] = []  # request rules' new states
+        # per unit, the tightest so far: (units left, state, rule)
+        tightest: dict[str, tuple[int, int, RateRule]] = {}
         for rule in rates:
+            rate = rule.rate
+            limit = rate.limit
             entry = tats.get(rule.key)
-            state = entry[0] if entry is not None and entry[1] == rule.rate.limit else 0
-            after = take(rule.rate, state, now, 1)
+            state = entry[0] if entry is not None and entry[1] == limit else 0
+            after = take(rate, state, now, 1)
             if after is None:
                 return self._refuse(rates, now)
-            # Token rules only need room for one token now; the real count comes in commit.
-            taken.append(after if rule.unit == "requests" else (state, after[1] + 1))
+            if rule.unit == "requests":
+                state, left = after
+                taken.append((rule.key, (state, limit)))
+            else:  # token rules need room for one token now; commit charges the real count
+                left = after[1] + 1
+            best = tightest.get(rule.unit)
+            if (
+                best is None
+                or left < best[0]
+                or (left == best[0] and _resets_later(rule, state, best[2], best[1], now))
+            ):
+                tightest[rule.unit] = (left, state, rule)
         for spend, base in zip(spends, baselines, strict=True):
             scope = spend.scope
             used = base + self._own_since(scope, spend.since) + self._reserved.get(scope, 0)
             if used >= spend.cap_pico:
                 return Refusal(spend.kind, spend)
-        grant = Grant(self._commit_rates(rates, taken, now) if rates else [])
+        tats.update(taken)
+        grant = Grant(
+            [
+                RateState(rule, left, peek(rule.rate, state, now)[1])
+                for left, state, rule in tightest.values()
+            ]
+        )
         if spends and reserve_pico > 0:
             grant.reservation = self._reserve(spends, reserve_pico, now)
             grant.reserved_pico = reserve_pico
@@ -149,23 +169,6 @@ class MemoryBackend:
         if entry is None or entry[1] != rule.rate.limit:
             return 0  # never used, or the limit changed: start from a full bucket
         return entry[0]
-
-    def _commit_rates(
-        self, rates: Sequence[RateRule], taken: list[tuple[int, int]], now: int
-    ) -> list[RateState]:
-        """Store the taken states; return the tightest state of each unit."""
-        tats = self._tat
-        tightest: dict[str, tuple[int, int, RateRule]] = {}
-        for rule, (state, left) in zip(rates, taken, strict=True):
-            if rule.unit == "requests":
-                tats[rule.key] = (state, rule.rate.limit)
-            best = tightest.get(rule.unit)
-            if best is None or left < best[0] or (left == best[0] and state > best[1]):
-                tightest[rule.unit] = (left, state, rule)
-        return [
-            RateState(rule, left, peek(rule.rate, state, now)[1])
-            for left, state, rule in tightest.values()
-        ]
 
     def _refuse(self, rates: Sequence[RateRule], now: int) -> Refusal:
         """The refusal naming the rule with the longest wait, with every rule's numbers."""
@@ -249,6 +252,16 @@ class MemoryBackend:
             for key, value in self._baselines.items()
             if key[1] is None or key[1] >= oldest_day
         }
+
+
+def _resets_later(a: RateRule, a_state: int, b: RateRule, b_state: int, now: int) -> bool:
+    """Whether bucket `a` is full again later than bucket `b` (exact, no division).
+
+    States are scaled by each rule's own limit: the reset of `a` is (state - now·limit) / limit
+    nanoseconds, so the two are compared by cross-multiplying.
+    """
+    la, lb = a.rate.limit, b.rate.limit
+    return (a_state - now * la) * lb > (b_state - now * lb) * la
 
 
 def _retrieve(task: "asyncio.Future[int]") -> None:

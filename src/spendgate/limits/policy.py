@@ -132,7 +132,7 @@ class LimitPolicy:
         if isinstance(result, Refusal):
             raise self._refusal_error(principal, result)
         headers = rate_headers(result.states) if result.states else []
-        return Admitted(headers, pico_to_usd(result.reserved_pico), _Ticket(rules, result))
+        return Admitted(headers, result.reserved_pico, _Ticket(rules, result))
 
     async def settle(
         self, principal: Principal, admitted: Admitted, usage: Usage, cost: Decimal | None
