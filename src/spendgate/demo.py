@@ -2,6 +2,7 @@
 
 import secrets
 import shlex
+from decimal import Decimal
 
 from pydantic import SecretStr
 from rich.console import Console
@@ -41,9 +42,14 @@ def run_demo(settings: Settings, host: str, port: int) -> None:
 
         async def announce() -> None:
             store = gateway.runtime.store
+            # A budget, a prepaid balance and a rate limit, so /me has something to show.
+            if await store.get_user("demo") is None:
+                await store.create_user("demo", budget_usd=Decimal(1), budget_period="daily")
+                await store.add_credit("demo", Decimal(5), note="demo credit", actor="demo")
             record = await store.create_key(
-                "demo", hash_key(key), display_key(key), note="demo key"
-            )
+                "demo", hash_key(key), display_key(key), note="demo key",
+                limits={"requests_per_minute": 60, "tokens_per_minute": 100_000},
+            )  # fmt: skip
             gateway.runtime.principals.invalidate()
             url = f"http://{host}:{port}"
             body = '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello!"}]}'
