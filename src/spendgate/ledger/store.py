@@ -34,17 +34,33 @@ class AccountDefaults:
     key_budget_period: str = "monthly"
     key_limits: dict[str, int] | None = None
 
+    def fill(
+        self,
+        kind: str,
+        budget_usd: Decimal | None,
+        budget_period: str | None,
+        limits: dict[str, int] | None,
+    ) -> dict[str, Any]:
+        """Budget, period and limits of a new `kind` ("user" or "key"), defaults where unset."""
+        if kind == "user":
+            budget, period, default_limits = (
+                self.user_budget_usd, self.user_budget_period, self.user_limits
+            )  # fmt: skip
+        else:
+            budget, period, default_limits = (
+                self.key_budget_usd, self.key_budget_period, self.key_limits
+            )  # fmt: skip
+        if budget_usd is None and budget is not None:
+            budget_usd, budget_period = budget, budget_period or period
+        return {
+            "budget_usd": budget_usd,
+            "budget_period": budget_period,
+            "limits": default_limits if limits is None else limits,
+        }
+
     def user_values(self) -> dict[str, Any]:
         """Column values for a user created with nothing of its own."""
-        return _column_values(
-            {
-                "budget_usd": self.user_budget_usd,
-                "budget_period": self.user_budget_period
-                if self.user_budget_usd is not None
-                else None,
-                "limits": self.user_limits,
-            }
-        )
+        return _column_values(self.fill("user", None, None, None))
 
 
 class Store:
@@ -70,19 +86,8 @@ class Store:
         limits: dict[str, int] | None = None,
     ) -> UserRecord:
         """Create a user; `Conflict` if the name is taken. Unset budget and limits get defaults."""
-        defaults = self._defaults
-        if budget_usd is None and defaults.user_budget_usd is not None:
-            budget_usd = defaults.user_budget_usd
-            budget_period = budget_period or defaults.user_budget_period
-        if limits is None:
-            limits = defaults.user_limits
         values = _column_values(
-            {
-                "email": email,
-                "budget_usd": budget_usd,
-                "budget_period": budget_period,
-                "limits": limits,
-            }
+            {"email": email, **self._defaults.fill("user", budget_usd, budget_period, limits)}
         )
         try:
             async with self._engine.begin() as conn:
@@ -204,20 +209,12 @@ class Store:
         A key created without a budget or limits gets the configured defaults, and a user
         created on the way gets the user defaults.
         """
-        defaults = self._defaults
-        if budget_usd is None and defaults.key_budget_usd is not None:
-            budget_usd = defaults.key_budget_usd
-            budget_period = budget_period or defaults.key_budget_period
-        if limits is None:
-            limits = defaults.key_limits
         values = _column_values(
             {
                 "note": note,
                 "expires_at": expires_at,
                 "models": models,
-                "budget_usd": budget_usd,
-                "budget_period": budget_period,
-                "limits": limits,
+                **self._defaults.fill("key", budget_usd, budget_period, limits),
             }
         )
         # A second try covers losing the race to create the same new user elsewhere.
