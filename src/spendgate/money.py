@@ -5,7 +5,7 @@ per-token price times a token count is exact at twelve decimals: storing integer
 SQLite, PostgreSQL and MySQL sums exact without relying on each engine's decimal type.
 """
 
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
 
 PICO_PER_USD = 10**12
 _PICO = Decimal(1).scaleb(-12)
@@ -14,6 +14,11 @@ _PICO = Decimal(1).scaleb(-12)
 def usd_to_pico(usd: Decimal) -> int:
     """Convert USD to integer picodollars (banker's rounding past the 12th decimal)."""
     return int(usd.quantize(_PICO, rounding=ROUND_HALF_EVEN).scaleb(12))
+
+
+def usd_to_pico_ceil(usd: Decimal) -> int:
+    """Convert USD to integer picodollars, rounding up (for prices used as upper bounds)."""
+    return int(usd.scaleb(12).to_integral_value(rounding=ROUND_CEILING))
 
 
 def pico_to_usd(pico: int) -> Decimal:

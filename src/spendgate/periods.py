@@ -6,6 +6,18 @@ from typing import Literal
 Period = Literal["daily", "weekly", "monthly", "total"]
 PERIODS: tuple[Period, ...] = ("daily", "weekly", "monthly", "total")
 EPOCH = date(1970, 1, 1)
+DAY_NS = 86_400 * 10**9
+_EPOCH_ORDINAL = EPOCH.toordinal()
+
+
+def day_number(day: date) -> int:
+    """Days from 1970-01-01 to `day` (the unit of epoch-nanosecond clocks divided by DAY_NS)."""
+    return day.toordinal() - _EPOCH_ORDINAL
+
+
+def day_of(number: int) -> date:
+    """The date `number` days after 1970-01-01."""
+    return date.fromordinal(_EPOCH_ORDINAL + number)
 
 
 def period_start(period: str | None, today: date) -> date:

@@ -22,9 +22,8 @@ from spendgate.limits.backend import (
     SpendRule,
 )
 from spendgate.limits.gcra import charge, check, peek, take
+from spendgate.periods import DAY_NS, day_number, day_of
 
-DAY_NS = 86_400 * 10**9
-_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _KEEP_DAYS = 40  # longer than any calendar period but `total`, which keeps its own sum
 _PRUNE_EVERY = 50_000  # states and baselines past their use are dropped this often
 
@@ -85,7 +84,7 @@ class MemoryBackend:
         for rule in rates:
             rate = rule.rate
             limit = rate.limit
-            entry = tats.get(rule.key)
+            entry = tats.get(rule.key)  # `_tat_of`, inlined: this loop is the hot path
             state = entry[0] if entry is not None and entry[1] == limit else 0
             after = take(rate, state, now, 1)
             if after is None:
@@ -133,12 +132,11 @@ class MemoryBackend:
             self._drop(grant.reservation)
             grant.reservation = None
         if tokens > 0:
-            tats = self._tat
             for rule in token_rules:
-                limit = rule.rate.limit
-                entry = tats.get(rule.key)
-                state = entry[0] if entry is not None and entry[1] == limit else 0
-                tats[rule.key] = (charge(rule.rate, state, now, tokens), limit)
+                self._tat[rule.key] = (
+                    charge(rule.rate, self._tat_of(rule), now, tokens),
+                    rule.rate.limit,
+                )
         if cost_pico:
             day = now // DAY_NS
             for scope in scopes:
@@ -209,7 +207,7 @@ class MemoryBackend:
         days = self._own_days.get(scope)
         if not days:
             return 0
-        first = since.toordinal() - _EPOCH_ORDINAL
+        first = day_number(since)
         return sum(value for day, value in days.items() if day >= first)
 
     def _reserve(self, spends: Sequence[SpendRule], amount: int, now: int) -> int:
@@ -246,7 +244,7 @@ class MemoryBackend:
         for days in self._own_days.values():
             for day in [day for day in days if day < oldest]:
                 del days[day]
-        oldest_day = date.fromordinal(_EPOCH_ORDINAL + oldest)
+        oldest_day = day_of(oldest)
         self._baselines = {
             key: value
             for key, value in self._baselines.items()

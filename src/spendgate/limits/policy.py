@@ -28,13 +28,11 @@ from spendgate.limits.headers import rate_headers, retry_after_seconds
 from spendgate.limits.names import LIMIT_WINDOWS
 from spendgate.metering.pricing import PriceBook
 from spendgate.metering.usage import ZERO_USAGE, Usage
-from spendgate.money import format_usd, pico_to_usd, usd_to_pico
-from spendgate.periods import period_resets_at, period_start
+from spendgate.money import format_usd, pico_to_usd, usd_to_pico, usd_to_pico_ceil
+from spendgate.periods import DAY_NS, day_of, period_resets_at, period_start
 from spendgate.proxy.rewrite import PreparedRequest
 
 _NS_PER_S = 1_000_000_000
-_DAY_NS = 86_400 * _NS_PER_S
-_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
 def user_scope(name: str) -> str:
@@ -194,7 +192,7 @@ class LimitPolicy:
     # internals
 
     def _today(self) -> date:
-        return date.fromordinal(_EPOCH_ORDINAL + self._clock() // _DAY_NS)
+        return day_of(self._clock() // DAY_NS)
 
     def _rules_of(self, principal: Principal) -> _Rules:
         rules = self._rules.get(principal.key.id)
@@ -215,9 +213,9 @@ class LimitPolicy:
         return rules
 
     def _spends(self, rules: _Rules, now_ns: int) -> list[SpendRule]:
-        day = now_ns // _DAY_NS
+        day = now_ns // DAY_NS
         if rules.spends_day != day:
-            rules.spends = _spend_rules(rules.principal, date.fromordinal(_EPOCH_ORDINAL + day))
+            rules.spends = _spend_rules(rules.principal, day_of(day))
             rules.spends_day = day
         return rules.spends
 
@@ -230,7 +228,10 @@ class LimitPolicy:
             price = self._prices.price_of(request.model)
             prices = None
             if price is not None:
-                prices = (_pico_ceil(price.input_per_token), _pico_ceil(price.output_per_token))
+                prices = (
+                    usd_to_pico_ceil(price.input_per_token),
+                    usd_to_pico_ceil(price.output_per_token),
+                )
             if len(self._token_prices) >= 4096:
                 self._token_prices.clear()
             self._token_prices[request.model] = prices
@@ -289,9 +290,3 @@ def _spend_rules(principal: Principal, today: date) -> list[SpendRule]:
         rules.append(SpendRule(user_scope(user.name), "credits", usd_to_pico(user.credit_usd),
                                None))  # fmt: skip
     return rules
-
-
-def _pico_ceil(usd: Decimal) -> int:
-    pico = usd * 10**12
-    whole = int(pico)
-    return whole + 1 if pico > whole else whole
