@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint format bench services clean
+.PHONY: run test lint format bench bench-peers bench-ledger services clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,19 @@ format: $(VENV)/.installed-dev
 ## bench: throughput and CPU per request, spendgate vs the fake upstream direct
 bench: $(VENV)/.installed-dev
 	@command -v wrk >/dev/null || (sudo -n apt-get install -y -q wrk || apt-get install -y -q wrk)
+	@command -v hey >/dev/null || (sudo -n apt-get install -y -q hey || apt-get install -y -q hey)
 	$(BIN)/python bench/run.py
+
+## bench-peers: the benchmark with LiteLLM's proxy added (pinned, in a cached venv)
+bench-peers: $(VENV)/.installed-dev
+	@command -v wrk >/dev/null || (sudo -n apt-get install -y -q wrk || apt-get install -y -q wrk)
+	@command -v hey >/dev/null || (sudo -n apt-get install -y -q hey || apt-get install -y -q hey)
+	$(BIN)/python bench/run.py --peers
+
+## bench-ledger: per-request cost and /admin/usage time with 5,000,000 events in the ledger
+bench-ledger: $(VENV)/.installed-dev
+	@command -v wrk >/dev/null || (sudo -n apt-get install -y -q wrk || apt-get install -y -q wrk)
+	$(BIN)/python bench/ledger_scale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
