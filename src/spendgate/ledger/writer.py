@@ -15,15 +15,16 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, date, datetime
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import String, bindparam, insert, or_, select, update
+from sqlalchemy import String, Table, bindparam, or_, select, update
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Insert
 
+from spendgate.ledger.bulk import InsertCache
 from spendgate.ledger.events import UsageEvent
 from spendgate.ledger.schema import (
     ROLLUP_KEY,
@@ -40,13 +41,9 @@ logger = logging.getLogger(__name__)
 _FIRST_BACKOFF = 0.05
 _MAX_BACKOFF = 2.0
 _SELECT_CHUNK = 500  # request ids per IN (...) lookup
-_EVENTS = UsageEventRow.__table__
+_EVENTS = cast(Table, UsageEventRow.__table__)
 _DAILY = UsageDaily.__table__
-_STRING_LIMITS = {
-    column.name: column.type.length
-    for column in _EVENTS.columns
-    if isinstance(column.type, String) and column.type.length and column.name != "request_id"
-}
+
 _REQUEST_ID_LEN = 64
 
 OnWritten = Callable[[Sequence[UsageEvent]], None]
@@ -65,6 +62,7 @@ class LedgerWriter:
         on_written: OnWritten | None = None,
     ) -> None:
         self._engine = engine
+        self._inserts = event_inserts()
         self._flush_interval = flush_interval
         self._max_batch = max_batch
         self._max_queue = max_queue
@@ -191,7 +189,7 @@ class LedgerWriter:
         while True:
             started = time.perf_counter()
             try:
-                inserted = await write_events(self._engine, batch)
+                inserted = await write_events(self._engine, batch, self._inserts)
             except Exception as error:  # the writer's outer edge: keep the batch, retry
                 self._retries += 1
                 log = logger.debug if self._last_error else logger.warning
@@ -223,65 +221,99 @@ class LedgerWriter:
         self._waiters = []
 
 
-async def write_events(engine: AsyncEngine, events: Iterable[UsageEvent]) -> list[UsageEvent]:
+_EVENT_COLUMNS = (
+    "request_id", "ts", "day", "user_name", "key_id", "key_display", "model",
+    "requested_model", "endpoint", "method", "status", "stream", "prompt_tokens",
+    "completion_tokens", "cached_tokens", "reasoning_tokens", "total_tokens", "cost_pico",
+    "latency_ms", "estimated", "source", "end_user", "upstream", "error_code",
+)  # fmt: skip
+
+
+_STRING_LIMITS = tuple(
+    (index, column.type.length)
+    for index, column in enumerate(_EVENTS.c[name] for name in _EVENT_COLUMNS)
+    if isinstance(column.type, String) and column.type.length and column.name != "request_id"
+)
+
+
+class _Row(NamedTuple):
+    """One usage_events row in `_EVENT_COLUMNS` order."""
+
+    request_id: str
+    ts: datetime
+    day: date
+    user_name: str
+    key_id: int | None
+    key_display: str | None
+    model: str
+    requested_model: str | None
+    endpoint: str
+    method: str
+    status: int
+    stream: bool
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    total_tokens: int
+    cost_pico: int | None
+    latency_ms: int
+    estimated: bool
+    source: str
+    end_user: str | None
+    upstream: str | None
+    error_code: str | None
+
+
+def event_inserts() -> InsertCache:
+    """The usage_events INSERT, compiled once per dialect (a writer keeps one)."""
+    return InsertCache(_EVENTS, _EVENT_COLUMNS)
+
+
+async def write_events(
+    engine: AsyncEngine, events: Iterable[UsageEvent], inserts: InsertCache | None = None
+) -> list[UsageEvent]:
     """Write events not yet in the ledger in one transaction; return those inserted."""
-    unique: dict[str, tuple[UsageEvent, dict[str, Any]]] = {}
+    unique: dict[str, UsageEvent] = {}
     for event in events:
-        row = _event_row(event)
-        unique.setdefault(row["request_id"], (event, row))
+        unique.setdefault(_fit_request_id(event.request_id), event)
     if not unique:
         return []
     async with engine.begin() as conn:
         existing = await _existing_request_ids(conn, list(unique))
-        fresh = [pair for request_id, pair in unique.items() if request_id not in existing]
+        fresh = [(rid, event) for rid, event in unique.items() if rid not in existing]
         if not fresh:
             return []
-        rows = [row for _, row in fresh]
-        displays = await _key_displays(conn, {row["key_id"] for row in rows} - {None})
-        for row in rows:
-            row["key_display"] = displays.get(row["key_id"])
-        await conn.execute(insert(UsageEventRow), rows)
+        displays = await _key_displays(conn, {e.key_id for _, e in fresh if e.key_id is not None})
+        rows = [_event_row(rid, event, displays) for rid, event in fresh]
+        insert_rows = (inserts or event_inserts()).for_dialect(conn.dialect)
+        await insert_rows.execute(conn, rows)
         await _add_to_rollups(conn, rows)
         await _touch_keys(conn, rows)
-    return [event for event, _ in fresh]
+    return [event for _, event in fresh]
 
 
-def _event_row(event: UsageEvent) -> dict[str, Any]:
+def _event_row(request_id: str, event: UsageEvent, displays: dict[int, str]) -> _Row:
     ts = event.timestamp
     ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-    row: dict[str, Any] = {
-        "request_id": _fit_request_id(event.request_id),
-        "ts": ts,
-        "day": ts.date(),
-        "user_name": event.user,
-        "key_id": event.key_id,
-        "key_display": None,
-        "model": event.model,
-        "requested_model": event.requested_model,
-        "endpoint": event.endpoint,
-        "method": event.method,
-        "status": event.status,
-        "stream": event.stream,
-        "prompt_tokens": event.prompt_tokens,
-        "completion_tokens": event.completion_tokens,
-        "cached_tokens": event.cached_tokens,
-        "reasoning_tokens": event.reasoning_tokens,
-        "total_tokens": event.total_tokens,
-        "cost_pico": None if event.cost_usd is None else usd_to_pico(event.cost_usd),
-        "latency_ms": event.latency_ms,
-        "estimated": event.estimated,
-        "source": event.source,
-        "end_user": event.end_user,
-        "upstream": event.upstream,
-        "error_code": event.error_code,
-    }
+    cost = event.cost_usd
+    values: list[Any] = [
+        request_id, ts, ts.date(), event.user, event.key_id,
+        displays.get(event.key_id) if event.key_id is not None else None,
+        event.model, event.requested_model, event.endpoint, event.method, event.status,
+        event.stream, event.prompt_tokens, event.completion_tokens, event.cached_tokens,
+        event.reasoning_tokens, event.total_tokens,
+        None if cost is None else usd_to_pico(cost),
+        event.latency_ms, event.estimated, event.source, event.end_user, event.upstream,
+        event.error_code,
+    ]  # fmt: skip
     # A client-chosen model name or path longer than its column (or holding NUL, which
     # PostgreSQL refuses) would fail the whole batch on every retry: cut it to fit instead.
-    for name, limit in _STRING_LIMITS.items():
-        value = row[name]
+    for index, limit in _STRING_LIMITS:
+        value = values[index]
         if isinstance(value, str) and (len(value) > limit or "\x00" in value):
-            row[name] = value.replace("\x00", "")[:limit]
-    return row
+            values[index] = value.replace("\x00", "")[:limit]
+    return _Row._make(values)
 
 
 def _fit_request_id(request_id: str) -> str:
@@ -307,29 +339,29 @@ async def _key_displays(conn: AsyncConnection, key_ids: set[int]) -> dict[int, s
     return {key_id: display for key_id, display in (await conn.execute(query)).all()}
 
 
-async def _add_to_rollups(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+async def _add_to_rollups(conn: AsyncConnection, rows: list[_Row]) -> None:
     sums: dict[tuple[Any, ...], list[int]] = {}
     for row in rows:
         key = (
-            row["day"],
-            row["user_name"],
-            row["key_id"] or 0,
-            row["model"],
-            row["source"],
-            row["end_user"] or "",
-            row["upstream"] or "",
+            row.day,
+            row.user_name,
+            row.key_id or 0,
+            row.model,
+            row.source,
+            row.end_user or "",
+            row.upstream or "",
         )
-        cost = row["cost_pico"]
+        cost = row.cost_pico
         add = (
             1,
-            row["prompt_tokens"],
-            row["completion_tokens"],
-            row["cached_tokens"],
-            row["reasoning_tokens"],
-            row["total_tokens"],
+            row.prompt_tokens,
+            row.completion_tokens,
+            row.cached_tokens,
+            row.reasoning_tokens,
+            row.total_tokens,
             cost or 0,
             cost is None,
-            row["estimated"],
+            row.estimated,
         )
         total = sums.setdefault(key, [0] * len(ROLLUP_SUMS))
         for index, amount in enumerate(add):
@@ -360,12 +392,12 @@ def _rollup_upsert(dialect: str) -> Insert:
     raise ValueError(f"unsupported database dialect '{dialect}'")
 
 
-async def _touch_keys(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+async def _touch_keys(conn: AsyncConnection, rows: list[_Row]) -> None:
     last_used: dict[int, datetime] = {}
     for row in rows:
-        key_id = row["key_id"]
-        if key_id is not None and (key_id not in last_used or row["ts"] > last_used[key_id]):
-            last_used[key_id] = row["ts"]
+        key_id = row.key_id
+        if key_id is not None and (key_id not in last_used or row.ts > last_used[key_id]):
+            last_used[key_id] = row.ts
     if not last_used:
         return
     used_at = bindparam("used_at", type_=UTCDateTime())
