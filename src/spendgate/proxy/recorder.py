@@ -1,6 +1,7 @@
 """Settlement: price the usage, build the `UsageEvent`, hand it to the writer and metrics."""
 
 import asyncio
+import itertools
 import secrets
 import time
 from dataclasses import dataclass
@@ -17,9 +18,20 @@ from spendgate.metrics import GatewayMetrics
 from spendgate.proxy.rewrite import PreparedRequest
 
 
-def new_request_id() -> str:
-    """A unique, unguessable request id."""
-    return "req_" + secrets.token_hex(12)
+class RequestIds:
+    """Request ids `req_` + 24 hex digits: a random per-process prefix and a counter.
+
+    Unique across processes and instances (48 random bits each) without a system call per
+    request; ids are labels, not secrets, so they need not be unguessable.
+    """
+
+    def __init__(self) -> None:
+        self._prefix = "req_" + secrets.token_hex(6)
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        """A fresh id."""
+        return f"{self._prefix}{next(self._counter):012x}"
 
 
 @dataclass(slots=True)
@@ -47,6 +59,11 @@ class Recorder:
         self._prices = prices
         self._estimator = estimator
         self._metrics = metrics
+        self._ids = RequestIds()
+
+    def new_request_id(self) -> str:
+        """A unique request id for the ledger and the `x-spendgate-request-id` header."""
+        return self._ids.next()
 
     def price(self, usage: Usage, requested_model: str | None) -> tuple[str | None, Decimal | None]:
         """The model priced and the exact cost of `usage`."""

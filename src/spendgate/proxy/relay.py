@@ -25,9 +25,9 @@ from spendgate.metering.extract import read_usage
 from spendgate.metering.sse import SSEUsageScanner
 from spendgate.money import format_usd
 from spendgate.proxy.drains import DrainPool
-from spendgate.proxy.headers import client_headers, client_key, find_header, upstream_headers
-from spendgate.proxy.paths import parse_proxy_path
-from spendgate.proxy.recorder import Outcome, Recorder, new_request_id
+from spendgate.proxy.headers import client_headers, read_request_headers
+from spendgate.proxy.paths import ProxyPath, parse_proxy_path
+from spendgate.proxy.recorder import Outcome, Recorder
 from spendgate.proxy.rewrite import PreparedRequest, prepare_request
 from spendgate.proxy.upstream import UpstreamClient
 
@@ -38,6 +38,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _CHUNK = 64 * 1024
+_PATH_CACHE = 1024
 
 
 class ClientGone(Exception):
@@ -69,23 +70,22 @@ class ProxyApp:
         self._max_body = max_body_bytes
         self._key_in_path = key_in_path
         self._drain_on_disconnect = drain_on_disconnect
+        self._paths: dict[bytes, ProxyPath] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        request_id = new_request_id()
+        request_id = self._recorder.new_request_id()
         id_header = (b"x-spendgate-request-id", request_id.encode())
-        headers: list[tuple[bytes, bytes]] = scope["headers"]
         try:
-            path = parse_proxy_path(
-                scope.get("raw_path") or scope["path"].encode(), self._key_in_path
-            )
-            principal = await self._principals.authenticate(path.key or client_key(headers))
-            body = await self._read_body(receive, headers)
-            end_user = find_header(headers, b"x-user-id")
+            path = self._path(scope.get("raw_path") or scope["path"].encode())
+            heads = read_request_headers(scope["headers"], self._upstream.auth)
+            principal = await self._principals.authenticate(path.key or heads.key)
+            body = await self._read_body(receive, heads.content_length)
+            end_user = heads.end_user
             prepared = prepare_request(
                 path.endpoint,
                 scope["method"],
-                find_header(headers, b"content-type"),
+                heads.content_type,
                 body,
                 default_model=self._default_model,
                 end_user_header=end_user.decode("latin-1")[:200] if end_user else None,
@@ -105,9 +105,7 @@ class ProxyApp:
             return
         url = self._upstream.url_for(path.raw, scope.get("query_string", b""))
         try:
-            response = await self._upstream.send(
-                prepared.method, url, upstream_headers(headers, self._upstream.auth), prepared.body
-            )
+            response = await self._upstream.send(prepared.method, url, heads.forward, prepared.body)
         except GatewayError as exc:
             await self._finish(
                 request_id, principal, prepared, admitted,
@@ -127,8 +125,18 @@ class ProxyApp:
         else:
             await self._relay_passthrough(call, send)
 
-    async def _read_body(self, receive: Receive, headers: list[tuple[bytes, bytes]]) -> bytes:
-        declared = find_header(headers, b"content-length")
+    def _path(self, raw_path: bytes) -> ProxyPath:
+        """The checked path, from a small cache: clients use a handful of paths."""
+        path = self._paths.get(raw_path)
+        if path is None:
+            path = parse_proxy_path(raw_path, self._key_in_path)
+            if path.key is None:  # never keep a key from the path in memory
+                if len(self._paths) >= _PATH_CACHE:
+                    self._paths.clear()
+                self._paths[raw_path] = path
+        return path
+
+    async def _read_body(self, receive: Receive, declared: bytes | None) -> bytes:
         if declared is not None:
             try:
                 if int(declared) > self._max_body:
