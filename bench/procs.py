@@ -21,6 +21,10 @@ class BenchError(Exception):
     """Something went wrong that makes the numbers meaningless; stop loudly."""
 
 
+class TargetUnavailable(BenchError):
+    """A target cannot run on this machine (no PostgreSQL, no LiteLLM); it is skipped."""
+
+
 def free_port() -> int:
     """A free loopback TCP port (closed again right away; good enough on a quiet machine)."""
     with socket.socket() as probe:
@@ -29,13 +33,39 @@ def free_port() -> int:
         return port
 
 
-def loopback_json(url: str, method: str = "GET") -> Any:
-    """GET/POST a JSON document from a loopback URL (refuses anything else)."""
+def loopback_request(
+    url: str,
+    method: str = "GET",
+    *,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    timeout_s: float = 10,
+) -> bytes:
+    """Call a loopback URL (refuses anything else), `body` sent as JSON; the answer's bytes."""
     if not url.startswith(f"http://{LOOPBACK}:"):
         raise BenchError(f"refusing to call a non-loopback URL: {url}")
-    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
+    data = None if body is None else json.dumps(body).encode()
+    if data is None and method == "POST":
+        data = b""
+    sent = {"Content-Type": "application/json"} if body is not None else {}
+    request = urllib.request.Request(url, method=method, data=data, headers=sent | (headers or {}))
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        answer: bytes = response.read()
+        return answer
+
+
+def loopback_json(
+    url: str,
+    method: str = "GET",
+    *,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    timeout_s: float = 10,
+) -> Any:
+    """GET/POST a JSON document from a loopback URL (refuses anything else)."""
+    return json.loads(
+        loopback_request(url, method, body=body, headers=headers, timeout_s=timeout_s)
+    )
 
 
 class Server:
@@ -91,6 +121,17 @@ class Server:
             time.sleep(0.05)
         raise BenchError(f"{self.name}: no {needle!r} after {timeout_s:.0f} s:\n{self.log_tail()}")
 
+    def wait_for_http(self, url: str, timeout_s: float = 60.0) -> None:
+        """Wait until GET `url` (loopback) answers 2xx, for servers that log no ready line."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.check_alive()
+            with contextlib.suppress(OSError, ValueError):
+                loopback_json(url)
+                return
+            time.sleep(0.2)
+        raise BenchError(f"{self.name}: no answer from {url} after {timeout_s:.0f} s")
+
     def check_alive(self) -> None:
         if self.popen.poll() is not None:
             raise BenchError(
@@ -136,3 +177,23 @@ class Server:
             self.popen.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(10)
+
+
+def start_server(
+    name: str,
+    argv: list[str],
+    log_dir: Path,
+    *,
+    ready: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout_s: float = 60.0,
+) -> tuple[Server, str]:
+    """Start a server, wait for a log line containing `ready` and return both; on failure the
+    server is killed before the error propagates."""
+    server = Server(name, argv, log_dir, env=env, cwd=cwd)
+    try:
+        return server, server.wait_for_line(ready, timeout_s)
+    except BaseException:
+        server.kill()
+        raise

@@ -1,9 +1,11 @@
-"""`make bench`: throughput, latency, CPU per request and RSS of spendgate vs the fake upstream.
+"""`make bench`: throughput, latency, CPU per request and RSS of spendgate and its references.
 
-Every target in `targets.TARGETS` is started once; each (scenario, connections) pair is then
-loaded with wrk `--runs` times, the targets interleaved (a, c, a, c, ...), and the medians are
-printed as a markdown table and written to bench/RESULTS.md. Finally the spendgate ledger is
-checked against the fake upstream's request counter. See bench/README.md.
+Every selected target in `targets.TARGETS` is started once; each (scenario, connections) pair
+is then loaded with wrk `--runs` times, the targets interleaved (a, b, c, a, b, c, ...); then
+chat and stream are timed with hey at a fixed rate over one connection, interleaved the same
+way. The medians are printed as markdown tables and written to bench/RESULTS.md (`--output`).
+Finally every target is checked: spendgate's ledger against the fake upstream's request
+counter, the others' request counts. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -16,85 +18,149 @@ import platform
 import shlex
 import shutil
 import signal
-import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Protocol, TypeVar
 
 import admission
-from procs import BenchError
-from targets import TARGETS, Check, Running
-from wrk import run_wrk, wrk_version
+from hey import HeyResult, require_hey, run_hey
+from procs import BenchError, TargetUnavailable
+from report import Results, Sample, goals_table, latency_table, load_table
+from scenarios import SCENARIOS, Scenario
+from targets import TARGETS, Check, Running, TargetDef
+from wrk import WrkResult, run_wrk, wrk_version
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "RESULTS.md"
 SETTLE_S = 0.3  # after wrk ends, let the writer flush before reading CPU times
-_MESSAGES = [{"role": "user", "content": "Say hello to the benchmark in a few words."}]
+PEER_MIN_SECONDS = 5  # LiteLLM takes over a second per stream at 50 connections
+
+
+class _HasName(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+Named = TypeVar("Named", bound=_HasName)
 
 
 @dataclass(frozen=True)
-class Scenario:
-    name: str
-    body: dict[str, Any]
+class Started:
+    """A target definition and its running processes."""
 
+    target: TargetDef
+    running: Running
 
-SCENARIOS = [
-    Scenario("chat", {"model": "gpt-4o-mini", "messages": _MESSAGES, "max_tokens": 16}),
-    Scenario(
-        "stream",
-        {
-            "model": "gpt-4o-mini",
-            "messages": _MESSAGES,
-            "max_tokens": 16,  # 16 content chunks, then finish, usage and [DONE]
-            "stream": True,
-            "stream_options": {"include_usage": True},  # spendgate adds it anyway: same work
-        },
-    ),
-]
+    def runs(self, args: argparse.Namespace) -> int:
+        runs: int = min(args.runs, args.peer_runs) if self.target.peer else args.runs
+        return runs
+
+    def seconds(self, wanted: int) -> int:
+        """A wrk run's length: peers get at least PEER_MIN_SECONDS, to complete anything."""
+        return max(wanted, PEER_MIN_SECONDS) if self.target.peer else wanted
+
+    def serves(self, scenario: Scenario) -> bool:
+        return scenario.name not in self.target.skips
 
 
 @dataclass(frozen=True)
-class Sample:
-    requests: int
-    rps: float
-    mean_ms: float  # wrk's, after its coordinated-omission correction
-    p99_ms: float
-    little_ms: float  # connections / throughput: the plain mean time per request
-    gateway_cpu_us: float | None
-    upstream_cpu_us: float
-    rss_mb: float | None
+class Job:
+    """One measured run: wrk at `conns` connections, or hey when `conns` is None."""
+
+    started: Started
+    scenario: Scenario
+    conns: int | None
+    round: int
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--duration", type=int, default=10, help="seconds per run (default 10)")
-    parser.add_argument("--runs", type=int, default=3, help="runs per target and scenario")
-    parser.add_argument("--connections", default="50,1", help="comma list (default 50,1)")
-    parser.add_argument("--warmup", type=int, default=2, help="warm-up seconds per scenario")
-    parser.add_argument("--keep-logs", action="store_true", help="keep the server logs' dir")
-    parser.add_argument("--quick", action="store_true", help="smoke: 1 run of 1 s, 50 conns")
+    add = parser.add_argument
+    add("--duration", type=int, default=10, help="seconds per wrk run (default 10)")
+    add("--runs", type=int, default=3, help="runs per target and scenario (default 3)")
+    add("--connections", default="50,1", help="wrk connections, comma list (default 50,1)")
+    add("--warmup", type=int, default=2, help="warm-up seconds per target and scenario")
+    add("--targets", help="comma list of target names (default: all but the peers)")
+    add("--scenarios", help="comma list of scenario names (default: all)")
+    add("--peers", action="store_true", help="add the peer targets (LiteLLM) to the default")
+    add("--peer-runs", type=int, default=1, help="runs per scenario for peers (default 1)")
+    add("--no-hey", action="store_true", help="skip the fixed-rate latency runs")
+    add("--hey-rate", type=int, default=200, help="hey requests per second (default 200)")
+    add("--hey-seconds", type=int, default=10, help="seconds per hey run (default 10)")
+    add("--output", type=Path, default=RESULTS, help="report file (default bench/RESULTS.md)")
+    add("--keep-logs", action="store_true", help="keep the server logs' dir")
+    add("--quick", action="store_true", help="smoke: 1 run of 1 s, 50 conns, no warm-up")
     args = parser.parse_args()
     if args.quick:
         args.duration, args.runs, args.connections, args.warmup = 1, 1, "50", 0
+        args.hey_seconds = 1
     args.conns = [int(c) for c in str(args.connections).split(",") if c.strip()]
-    if args.duration < 1 or args.runs < 1 or not args.conns or min(args.conns) < 1:
-        parser.error("--duration, --runs and --connections must be positive")
+    numbers = (args.duration, args.runs, args.peer_runs, args.hey_rate, args.hey_seconds)
+    if min(numbers) < 1 or not args.conns or min(args.conns) < 1:
+        parser.error("durations, runs, rates and connections must be positive")
+    try:
+        args.targets = select(TARGETS, args.targets, lambda t: args.peers or not t.peer)
+        args.scenarios = select(SCENARIOS, args.scenarios, lambda s: True)
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
 
 
-def load(target: Running, body: Path, conns: int, seconds: int) -> Sample:
+def select(
+    items: Sequence[Named], wanted: str | None, default: Callable[[Named], bool]
+) -> list[Named]:
+    """The items named in the comma list `wanted`, in their listed order; `default` if None."""
+    if wanted is None:
+        return [item for item in items if default(item)]
+    names = [name.strip() for name in wanted.split(",") if name.strip()]
+    known = {item.name for item in items}
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise ValueError(f"unknown or no names {unknown or wanted!r}; choose from {sorted(known)}")
+    return [item for item in items if item.name in names]
+
+
+def check_statuses(name: str, scenario: Scenario, result: WrkResult, conns: int) -> None:
+    """Abort on socket errors and unexpected non-2xx; in `mixed`, check the injected 500s."""
+    if result.socket_errors:
+        raise BenchError(
+            f"{name}: {result.socket_errors} socket errors (connect {result.connect}, read "
+            f"{result.read}, write {result.write}, timeout {result.timeout}) in "
+            f"{result.requests} requests"
+        )
+    unexpected = result.status - result.injected
+    if unexpected:
+        raise BenchError(f"{name}: {unexpected} unexpected non-2xx in {result.requests} requests")
+    if scenario.error_every:
+        # each wrk thread sends exactly every Nth request as an error; the completed ones
+        # differ from that by the requests cut in flight (one per connection at most)
+        expected, bound = result.requests / scenario.error_every, conns + result.threads
+        if abs(result.injected - expected) > bound:
+            raise BenchError(
+                f"{name}: {result.injected} upstream errors in {result.requests} requests, "
+                f"expected {expected:.0f} ± {bound}"
+            )
+
+
+def load(target: Running, scenario: Scenario, body: Path, conns: int, seconds: int) -> Sample:
     """One wrk run against a target, with the CPU and peak RSS of its processes."""
     gateway, upstream = target.gateway, target.upstream
     if gateway is not None:
         gateway.reset_peak_rss()
     cpu_before = [p.cpu_seconds() for p in (gateway, upstream) if p is not None]
     result = run_wrk(
-        target.url, connections=conns, duration_s=seconds, body_file=body, auth=target.auth
+        target.url(scenario.path),
+        connections=conns,
+        duration_s=seconds,
+        body_file=body,
+        auth=target.auth,
+        error_every=scenario.error_every,
     )
     time.sleep(SETTLE_S)
     cpu_after = [p.cpu_seconds() for p in (gateway, upstream) if p is not None]
@@ -102,12 +168,7 @@ def load(target: Running, body: Path, conns: int, seconds: int) -> Sample:
         server.check_alive()
     target.completed += result.requests
     target.cut_allowance += conns
-    if result.status or result.socket_errors:
-        raise BenchError(
-            f"{target.name}: {result.status} non-2xx responses and {result.socket_errors} socket "
-            f"errors (connect {result.connect}, read {result.read}, write {result.write}, "
-            f"timeout {result.timeout}) in {result.requests} requests"
-        )
+    check_statuses(target.name, scenario, result, conns)
     if result.requests == 0:
         raise BenchError(f"{target.name}: wrk completed no request")
     per_request = [
@@ -126,59 +187,87 @@ def load(target: Running, body: Path, conns: int, seconds: int) -> Sample:
     )
 
 
-def median(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
-
-
-def fmt(value: float | None, digits: int = 0) -> str:
-    return "–" if value is None else f"{value:,.{digits}f}"
-
-
-def table(results: dict[tuple[str, int, str], list[Sample]], conns: list[int]) -> list[str]:
-    head = (
-        "target",
-        "scenario",
-        "conns",
-        "req/s",
-        "spread",
-        "wrk mean ms",
-        "wrk p99 ms",
-        "conns÷req/s ms",
-        "gateway CPU µs/req",
-        "upstream CPU µs/req",
-        "gateway peak RSS MB",
-        "req/s vs direct",
+def time_requests(
+    target: Running, scenario: Scenario, body: Path, rate: int, seconds: int
+) -> HeyResult:
+    """One hey run at a fixed rate over one connection."""
+    result = run_hey(
+        target.url(scenario.path), rate=rate, seconds=seconds, body_file=body, auth=target.auth
     )
-    align = [":---", ":---"] + ["---:"] * (len(head) - 2)  # names left, numbers right
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
-    for scenario in SCENARIOS:
-        for c in conns:
-            direct = median([s.rps for s in results.get((scenario.name, c, "direct"), [])])
-            for target in TARGETS:
-                samples = results.get((scenario.name, c, target.name))
-                if not samples:
-                    continue
-                rps = [s.rps for s in samples]
-                mid = statistics.median(rps)
-                spread = f"±{(max(rps) - min(rps)) / 2 / mid * 100:.1f}%" if len(rps) > 1 else "–"
-                ratio = f"{mid / direct:.2f}×" if direct else "–"
-                row = (
-                    target.name,
-                    scenario.name,
-                    str(c),
-                    fmt(mid),
-                    spread,
-                    fmt(median([s.mean_ms for s in samples]), 2),
-                    fmt(median([s.p99_ms for s in samples]), 2),
-                    fmt(median([s.little_ms for s in samples]), 2),
-                    fmt(median([s.gateway_cpu_us for s in samples])),
-                    fmt(median([s.upstream_cpu_us for s in samples])),
-                    fmt(median([s.rss_mb for s in samples]), 1),
-                    "1.00×" if target.name == "direct" else ratio,
-                )
-                lines.append("| " + " | ".join(row) + " |")
-    return lines
+    for server in target.servers:
+        server.check_alive()
+    target.completed += result.requests
+    target.cut_allowance += 1  # a request that failed is not in hey's CSV
+    return result
+
+
+def plan(args: argparse.Namespace, started: list[Started]) -> list[Job]:
+    """Every measured run in order: per scenario and connection count, rounds of all targets."""
+    jobs = [
+        Job(s, scenario, conns, i)
+        for scenario in args.scenarios
+        for conns in args.conns
+        for i in range(args.runs)
+        for s in started
+        if s.serves(scenario) and i < s.runs(args)
+    ]
+    if not args.no_hey:
+        jobs += [
+            Job(s, scenario, None, i)
+            for scenario in args.scenarios
+            if scenario.latency
+            for i in range(args.runs)
+            for s in started
+            if s.serves(scenario) and i < s.runs(args)
+        ]
+    return jobs
+
+
+def start_targets(args: argparse.Namespace, work: Path) -> tuple[list[Started], dict[str, str]]:
+    """Start every selected target; those unavailable here are skipped, with the reason."""
+    started: list[Started] = []
+    skipped: dict[str, str] = {}
+    try:
+        for target in args.targets:
+            print(f"starting {target.description} ...", file=sys.stderr)
+            try:
+                started.append(Started(target, target.start(work)))
+            except TargetUnavailable as exc:
+                print(f"SKIPPING {target.name}: {exc}", file=sys.stderr)
+                skipped[target.name] = str(exc)
+    except BaseException:
+        for s in started:
+            s.running.kill()
+        raise
+    return started, skipped
+
+
+def measure(args: argparse.Namespace, started: list[Started], work: Path) -> Results:
+    """The warm-up, then every planned run."""
+    results = Results()
+    if args.warmup:
+        for scenario in args.scenarios:
+            for s in started:
+                if s.serves(scenario):
+                    body = work / f"{scenario.name}.json"
+                    load(s.running, scenario, body, max(args.conns), s.seconds(args.warmup))
+    jobs = plan(args, started)
+    for step, job in enumerate(jobs, 1):
+        r, scenario, body = job.started.running, job.scenario, work / f"{job.scenario.name}.json"
+        if job.conns is None:
+            timed = time_requests(r, scenario, body, args.hey_rate, args.hey_seconds)
+            results.latency.setdefault((scenario.name, r.name), []).append(timed)
+            figure, how = f"mean {timed.mean_ms:.2f} ms", f"hey q={args.hey_rate}"
+        else:
+            sample = load(r, scenario, body, job.conns, job.started.seconds(args.duration))
+            results.load.setdefault((scenario.name, job.conns, r.name), []).append(sample)
+            figure, how = f"{sample.rps:,.0f} req/s", f"c={job.conns}"
+        print(
+            f"[{step}/{len(jobs)}] {r.name:<11} {scenario.name:<10} {how:<9} "
+            f"run {job.round + 1}: {figure}",
+            file=sys.stderr,
+        )
+    return results
 
 
 def loadavg() -> str:
@@ -194,39 +283,52 @@ def machine() -> str:
     return f"{len(os.sched_getaffinity(0))} cores (nproc), {model}, Linux {platform.release()}"
 
 
-def report(
-    args: argparse.Namespace,
-    results: dict[tuple[str, int, str], list[Sample]],
-    checks: list[tuple[str, Check]],
-    logs: list[str],
-    wrk: str,
-    started: datetime,
-    loads: tuple[str, str],
-    admission_lines: list[str],
-) -> str:
+@dataclass(frozen=True)
+class RunInfo:
+    """What the report says about the run besides the numbers."""
+
+    started: datetime
+    loads: tuple[str, str]
+    wrk: str
+    measured: list[TargetDef]
+    skipped: dict[str, str]  # target name -> why
+    checks: list[tuple[str, Check]]
+    logs: list[str]
+    admission: list[str]
+
+
+def header(args: argparse.Namespace, info: RunInfo) -> list[str]:
     exe = Path(sys.executable)
     with contextlib.suppress(ValueError):
         exe = exe.relative_to(Path.cwd())
-    warmup = "no warm-up"
-    if args.warmup:
-        warmup = f"after a {args.warmup} s warm-up per target and scenario"
+    warmup = f"after a {args.warmup} s warm-up per target and scenario" if args.warmup else ""
     threads = ", ".join(f"-t{min(2, c)} -c{c}" for c in args.conns)
-    out = [
+    peers = ""
+    if any(t.peer for t in info.measured):
+        runs = min(args.runs, args.peer_runs)
+        peers = f" ({runs} for peers, each at least {PEER_MIN_SECONDS} s)"
+    lines = [
         "# spendgate benchmark",
         "",
-        f"- date: {started:%Y-%m-%d %H:%M} UTC",
-        f"- machine: {machine()}; load average (1, 5, 15 min) {loads[0]} at start, "
-        f"{loads[1]} at end (other processes may share the machine)",
-        f"- Python {platform.python_version()}, {wrk}",
+        f"- date: {info.started:%Y-%m-%d %H:%M} UTC",
+        f"- machine: {machine()}; load average (1, 5, 15 min) {info.loads[0]} at start, "
+        f"{info.loads[1]} at end (other processes may share the machine)",
+        f"- Python {platform.python_version()}, {info.wrk}",
         f"- command: `{shlex.join([str(exe), *sys.argv])}`",
-        f"- load: wrk {threads} -d{args.duration}s, POST /v1/chat/completions; median of "
-        f"{args.runs} interleaved run(s) per row, {warmup}; wrk shares the cores with the servers",
-        "- targets: " + "; ".join(t.description for t in TARGETS),
-        "- scenarios: chat = non-streamed, max_tokens 16; stream = stream true, 16 SSE chunks "
-        "(+ finish, usage, [DONE])",
-        "",
-        *table(results, args.conns),
-        "",
+        f"- load: wrk {threads} -d{args.duration}s; median of {args.runs} interleaved run(s) "
+        f"per row{peers}{', ' + warmup if warmup else ''}; wrk shares the cores with the servers",
+        "- targets: " + "; ".join(t.description for t in info.measured),
+        "- scenarios: " + "; ".join(f"{s.name} = {s.description}" for s in args.scenarios),
+    ]
+    lines += [f"- skipped {name}: {why}" for name, why in info.skipped.items()]
+    return [*lines, ""]
+
+
+def render(args: argparse.Namespace, results: Results, info: RunInfo) -> str:
+    names = [t.name for t in info.measured]
+    out = header(args, info)
+    out += [*load_table(results, args.scenarios, args.conns, names), ""]
+    out += [
         "CPU µs/req = (utime+stime of the process during the run) / wrk's completed requests; "
         "upstream = the fake upstream behind the target (for direct, the fake itself). "
         "Peak RSS = VmHWM of the gateway during the run (reset before each run). "
@@ -234,85 +336,99 @@ def report(
         "wrk corrects its latency histogram for coordinated omission (`stats_correct`: each "
         "response slower than the mean interval adds synthetic samples), so its mean and p99 "
         "grow with every stall; conns÷req/s is the uncorrected mean time per request "
-        "(Little's law, closed loop).",
+        "(Little's law, closed loop). `vs passthrough`: req/s and gateway CPU µs/req relative "
+        "to (b), the bare Python proxy, same scenario and connections.",
         "",
     ]
-    for name, check in checks:
-        out += [f"## ledger check: {name} — {'PASS' if check.ok else 'FAIL'}", ""]
-        out += [f"- {line}" for line in check.lines]
+    if results.latency:
         out += [
+            f"## latency at a fixed rate: hey -c 1 -q {args.hey_rate} -z {args.hey_seconds}s",
             "",
+            *latency_table(results, args.scenarios, names),
+            "",
+            "One connection, a fixed rate, so nothing queues: the latency is what each request "
+            "costs. From hey's per-request CSV (0.1 ms resolution; medians of the runs' means "
+            "and percentiles). TTFB = hey's `resp wait`, the request written to the first "
+            "response byte. `added` = this target minus direct (the fake alone).",
+            "",
+        ]
+    judged = [t for t in info.measured if t.judged]
+    if judged:
+        out += ["## the issue's target figures", "", *goals_table(results, judged), ""]
+    for name, check in info.checks:
+        kind = "ledger" if any(t.name == name and t.judged for t in info.measured) else "request"
+        out += [f"## {kind} check: {name} — {'PASS' if check.ok else 'FAIL'}", ""]
+        out += [f"- {line}" for line in check.lines]
+        out += [""]
+    if info.checks:
+        out += [
             "wrk stops at its deadline without waiting for responses in flight, so it does not "
             "count them, but those requests did reach the gateway and the upstream (a cut "
             "stream is drained for its usage) and belong in the ledger. The exact check is "
-            "therefore against the fake upstream's `received` counter (spendgate's fake serves "
-            "only spendgate); wrk's count must be within one request per connection per run.",
+            "therefore against the fake upstream's `received` counter (each target has its "
+            "own fake); wrk's count must be within one request per connection per run.",
             "",
         ]
-    out += ["## limit and budget checks, in process", "", *admission_lines, ""]
-    out += ["## server logs", "", *(logs or ["- no errors or warnings in any server log"]), ""]
-    return "\n".join(out)
+    out += ["## limit and budget checks, in process", "", *info.admission, ""]
+    out += ["## server logs", "", *(info.logs or ["- no errors or warnings in any server log"])]
+    return "\n".join([*out, ""])
+
+
+def finish(started: list[Started]) -> tuple[list[tuple[str, Check]], list[str]]:
+    """Stop every target gracefully, collecting its check and its log's trouble lines."""
+    checks: list[tuple[str, Check]] = []
+    for s in started:
+        check = s.running.finish()
+        if check is not None:
+            checks.append((s.running.name, check))
+    logs = [
+        f"- {server.name}: `{line}`"
+        for s in started
+        for server in s.running.servers
+        for line in server.problems()
+    ]
+    return checks, logs
 
 
 def main() -> int:
     args = parse_args()
-    started, load_start = datetime.now(UTC), loadavg()
+    begun, load_start = datetime.now(UTC), loadavg()
     wrk = wrk_version()
+    if not args.no_hey:
+        require_hey()
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)  # unwinds through the finally below
 
     signal.signal(signal.SIGTERM, on_sigterm)
     work = Path(tempfile.mkdtemp(prefix="spendgate-bench-"))
-    running: list[Running] = []
+    started: list[Started] = []
     ok = False
     try:
-        for scenario in SCENARIOS:
+        for scenario in args.scenarios:
             (work / f"{scenario.name}.json").write_bytes(json.dumps(scenario.body).encode())
-        for target in TARGETS:
-            print(f"starting {target.description} ...", file=sys.stderr)
-            running.append(target.start(work))
-        if args.warmup:
-            for scenario in SCENARIOS:
-                for r in running:
-                    load(r, work / f"{scenario.name}.json", max(args.conns), args.warmup)
-        results: dict[tuple[str, int, str], list[Sample]] = {}
-        total, step = len(SCENARIOS) * len(args.conns) * args.runs * len(running), 0
-        for scenario in SCENARIOS:
-            for conns in args.conns:
-                for i in range(args.runs):
-                    for r in running:
-                        step += 1
-                        sample = load(r, work / f"{scenario.name}.json", conns, args.duration)
-                        results.setdefault((scenario.name, conns, r.name), []).append(sample)
-                        print(
-                            f"[{step}/{total}] {r.name:<10} {scenario.name:<6} c={conns:<3} "
-                            f"run {i + 1}: {sample.rps:,.0f} req/s",
-                            file=sys.stderr,
-                        )
-        checks: list[tuple[str, Check]] = []
-        for r in running:
-            check = r.finish()
-            if check is not None:
-                checks.append((r.name, check))
-        logs = [
-            f"- {s.name}: `{line}`" for r in running for s in r.servers for line in s.problems()
-        ]
+        started, skipped = start_targets(args, work)
+        if not started:
+            raise BenchError("no target could be started")
+        results = measure(args, started, work)
+        checks, logs = finish(started)
         loads = (load_start, loadavg())
         print("measuring the limit and budget checks in process ...", file=sys.stderr)
         requests = 10_000 if args.quick else 100_000
         admission_lines = admission.report_lines(admission.measure(requests), requests)
-        text = report(args, results, checks, logs, wrk, started, loads, admission_lines)
-        RESULTS.write_text(text + "\n")
+        measured = [s.target for s in started]
+        info = RunInfo(begun, loads, wrk, measured, skipped, checks, logs, admission_lines)
+        text = render(args, results, info)
+        args.output.write_text(text)
         print(text)
         ok = all(check.ok for _, check in checks)
         if not ok:
-            print("\nLEDGER CHECK FAILED (see above)", file=sys.stderr)
+            print("\nA CHECK FAILED (see above)", file=sys.stderr)
     except BenchError as exc:
         print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)
     finally:
-        for r in running:
-            r.kill()
+        for s in started:
+            s.running.kill()
         if ok and not args.keep_logs:
             shutil.rmtree(work, ignore_errors=True)
         else:

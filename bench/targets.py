@@ -1,11 +1,12 @@
 """What the benchmark measures: one `TargetDef` per system under test, listed in `TARGETS`.
 
-A target starts its processes in a work directory and hands back a `Running`: the URL wrk
-loads, the Authorization header, the `gateway` process (None when there is none) and the
-`upstream` process (the fake), whose CPU is measured separately. `finish()` stops it and may
-return a `Check` (spendgate verifies its ledger). To add a target — (b) a bare pass-through
-proxy, (d) spendgate on PostgreSQL + Redis, (e) LiteLLM — write a `start_*` function and
-append a `TargetDef`; the harness, table and ratios pick it up.
+A target starts its processes in a work directory and hands back a `Running`: the base URL
+wrk and hey load (scenarios add their path), the Authorization header, the `gateway` process
+(None when there is none) and the `upstream` process (the fake), whose CPU is measured
+separately. `finish()` stops it and may return a `Check` (spendgate verifies its ledger, the
+others the fake's request counter). A target that cannot run here raises `TargetUnavailable`
+and is skipped. To add one, write a `start_*` function and append a `TargetDef`; the harness,
+tables and ratios pick it up.
 """
 
 from __future__ import annotations
@@ -20,7 +21,21 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from procs import LOOPBACK, BenchError, Server, free_port, loopback_json
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from peers import start_litellm_server
+from procs import (
+    LOOPBACK,
+    BenchError,
+    Server,
+    TargetUnavailable,
+    free_port,
+    loopback_json,
+    loopback_request,
+    start_server,
+)
+from scenarios import SCENARIOS
 from spendgate.config import Settings
 from spendgate.keys.material import display_key, hash_key, new_key
 from spendgate.ledger.engine import create_engine, normalize_database_url, upgrade
@@ -28,7 +43,14 @@ from spendgate.ledger.reports import UsageFilter, usage_report
 from spendgate.ledger.store import Store
 from spendgate.limits.names import LIMIT_WINDOWS
 
-CHAT_PATH = "/v1/chat/completions"
+BENCH_DIR = Path(__file__).resolve().parent
+UPSTREAM_KEY = "sk-bench-upstream"
+POSTGRES_ADMIN_URL = os.environ.get(
+    "BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+POSTGRES_DATABASE = "spendgate_bench"  # dropped and created again at every start
+POSTGRES_TIMEOUT_S = 15
+LITELLM_SKIPS = frozenset({"mixed"})  # it forwards no x-fake-* header to the upstream
 
 
 @dataclass
@@ -44,15 +66,24 @@ class Running:
     """A started target. `completed`/`cut_allowance` are filled in by the harness."""
 
     name: str
-    url: str  # what wrk loads
+    base_url: str  # "http://127.0.0.1:PORT"; a scenario appends its path
     auth: str  # the Authorization header value
     gateway: Server | None
     upstream: Server
     upstream_base: str  # the fake's base URL, ".../v1"
     finisher: Callable[[Running], Check | None] | None = None
-    completed: int = 0  # wrk's completed responses, summed over every run incl. warm-ups
+    completed: int = 0  # responses wrk and hey completed, over every run incl. warm-ups
     cut_allowance: int = 0  # connections summed over runs: at most this many cut in flight
     servers: list[Server] = field(default_factory=list)
+
+    def url(self, path: str) -> str:
+        """The URL of `path` ("/v1/...") on this target."""
+        return self.base_url + path
+
+    def upstream_stats(self) -> dict[str, int]:
+        """The fake upstream's counters (GET /__fake__/stats)."""
+        stats = loopback_json(self.upstream_base.removesuffix("/v1") + "/__fake__/stats")
+        return {k: v for k, v in stats.items() if isinstance(v, int)}
 
     def finish(self) -> Check | None:
         """Stop gracefully (gateway first, so it drains), run the target's check."""
@@ -71,76 +102,183 @@ class TargetDef:
     name: str
     description: str
     start: Callable[[Path], Running]
+    peer: bool = False  # another product (LiteLLM): only with --peers or --targets
+    judged: bool = False  # a spendgate: the issue's target figures apply to it
+    skips: frozenset[str] = frozenset()  # scenarios it cannot serve
 
 
 def start_fake(work: Path, name: str) -> tuple[Server, str]:
     """A fake upstream on a free loopback port; returns it and its base URL (".../v1")."""
     argv = [sys.executable, "-m", "spendgate.fake_upstream", "--host", LOOPBACK, "--port", "0"]
-    server = Server(name, argv, work, env=_clean_env(), cwd=work)
-    try:
-        line = server.wait_for_line("fake upstream on ")
-    except BaseException:
-        server.kill()
-        raise
+    ready = "fake upstream on "
+    server, line = start_server(name, argv, work, ready=ready, env=_clean_env(), cwd=work)
     return server, line.split("fake upstream on ", 1)[1].strip()
+
+
+Launch = Callable[[str], tuple[Server, str, str]]  # fake's base URL -> (server, base URL, auth)
+
+
+def _behind_fake(
+    work: Path, name: str, launch: Launch, finisher: Callable[[Running], Check | None]
+) -> Running:
+    """Start a fake upstream, then the target in front of it (`launch`), as one `Running`."""
+    fake, upstream_base = start_fake(work, f"{name}-fake")
+    try:
+        gateway, base_url, auth = launch(upstream_base)
+    except BaseException:
+        fake.kill()
+        raise
+    running = Running(name, base_url, auth, gateway, fake, upstream_base, finisher)
+    running.servers = [fake, gateway]
+    return running
 
 
 def start_direct(work: Path) -> Running:
     """(a) The fake upstream, loaded directly."""
     fake, base = start_fake(work, "direct-fake")
-    url = base.removesuffix("/v1") + CHAT_PATH
-    running = Running("direct", url, "Bearer sk-direct", None, fake, base)
+    origin = base.removesuffix("/v1")
+    running = Running("direct", origin, "Bearer sk-direct", None, fake, base, _upstream_check)
     running.servers = [fake]
     return running
 
 
+def start_passthrough(work: Path) -> Running:
+    """(b) bench/passthrough.py, the bare aiohttp pass-through proxy, before a fake."""
+
+    def launch(upstream_base: str) -> tuple[Server, str, str]:
+        key, port = f"sk-bench-{secrets.token_hex(12)}", free_port()
+        argv = [sys.executable, str(BENCH_DIR / "passthrough.py"), "--host", LOOPBACK]
+        argv += ["--port", str(port), "--upstream", upstream_base]
+        env = _clean_env() | {
+            "BENCH_PASSTHROUGH_KEY": key,
+            "BENCH_PASSTHROUGH_UPSTREAM_KEY": UPSTREAM_KEY,
+        }
+        ready = "passthrough listening on "
+        server, _ = start_server("passthrough", argv, work, ready=ready, env=env, cwd=work)
+        return server, f"http://{LOOPBACK}:{port}", f"Bearer {key}"
+
+    return _behind_fake(work, "passthrough", launch, _passthrough_check)
+
+
 def start_spendgate(work: Path) -> Running:
     """(c) `spendgate serve` (SQLite ledger in `work`, in-process limits) before a fake."""
-    return _start_spendgate(work, "spendgate", limited=False)
+    return _start_spendgate(work, "spendgate", _sqlite_url(work / "spendgate"), limited=False)
 
 
 def start_spendgate_limited(work: Path) -> Running:
     """(c') as (c), with every limit, both budgets, credits and an allow-list on the key."""
-    return _start_spendgate(work, "sg-limits", limited=True)
+    return _start_spendgate(work, "sg-limits", _sqlite_url(work / "sg-limits"), limited=True)
 
 
-def _start_spendgate(work: Path, name: str, *, limited: bool) -> Running:
-    home = work / name
-    home.mkdir()  # the cwd: no stray .env is read
-    database_url = f"sqlite:///{home / 'ledger.db'}"
-    key = asyncio.run(_make_key(database_url, limited=limited))
-    fake, base = start_fake(work, f"{name}-fake")
-    port = free_port()
-    env = _clean_env() | {
-        "SPENDGATE_DATABASE_URL": database_url,
-        "SPENDGATE_UPSTREAM_BASE": base,
-        "SPENDGATE_UPSTREAM_API_KEY": "sk-bench-upstream",
-        "SPENDGATE_ADMIN_TOKEN": secrets.token_hex(16),
-    }
-    argv = [sys.executable, "-m", "spendgate", "serve", "--host", LOOPBACK, "--port", str(port)]
-    gateway = Server(name, argv, work, env=env, cwd=home)
-    running = Running(name, f"http://{LOOPBACK}:{port}{CHAT_PATH}", f"Bearer {key}",
-                      gateway, fake, base, finisher=_ledger_check(database_url))  # fmt: skip
-    running.servers = [fake, gateway]
+def start_spendgate_postgres(work: Path) -> Running:
+    """(d) as (c) on PostgreSQL (database `spendgate_bench`, created afresh)."""
     try:
-        gateway.wait_for_line("listening")
+        database_url = asyncio.run(_recreate_postgres_database())
+    except Exception as exc:
+        where = make_url(POSTGRES_ADMIN_URL).render_as_string(hide_password=True)
+        raise TargetUnavailable(
+            f"PostgreSQL not usable at {where}: {type(exc).__name__}: {exc}"
+        ) from None
+    return _start_spendgate(work, "sg-postgres", database_url, limited=False)
+
+
+def start_litellm(work: Path) -> Running:
+    """(e) LiteLLM's proxy, pinned, one worker, no database (bench/peers.py)."""
+
+    def launch(upstream_base: str) -> tuple[Server, str, str]:
+        server, base_url, master_key = start_litellm_server(
+            work, "litellm", upstream_base, _clean_env()
+        )
+        return server, base_url, f"Bearer {master_key}"
+
+    running = _behind_fake(work, "litellm", launch, _upstream_check)
+    try:
+        for scenario in SCENARIOS:  # its first requests take seconds: not for wrk to time
+            if scenario.name not in LITELLM_SKIPS:
+                auth = {"Authorization": running.auth}
+                url = running.url(scenario.path)
+                loopback_request(url, "POST", body=scenario.body, headers=auth, timeout_s=120)
+                running.completed += 1
     except BaseException:
         running.kill()
         raise
     return running
 
 
-# Later targets — (b) pass-through proxy, (d) spendgate + PostgreSQL + Redis, (e) LiteLLM — go here.
+def _sqlite_url(home: Path) -> str:
+    return f"sqlite:///{home / 'ledger.db'}"
+
+
+def _limits_env() -> dict[str, str]:
+    """The limits backend of every spendgate target: in process for now.
+
+    REDIS (issue 5): once spendgate reads SPENDGATE_REDIS_URL, return
+    {"SPENDGATE_REDIS_URL": "redis://127.0.0.1:6379/15"} here for sg-postgres (and say
+    "Redis limits" in its description); skip it, like PostgreSQL, if Redis is unreachable.
+    """
+    return {}
+
+
+def _start_spendgate(work: Path, name: str, database_url: str, *, limited: bool) -> Running:
+    home = work / name
+    home.mkdir()  # the cwd: no stray .env is read
+    key = asyncio.run(_make_key(database_url, limited=limited))
+
+    def launch(upstream_base: str) -> tuple[Server, str, str]:
+        port = free_port()
+        env = (
+            _clean_env()
+            | _limits_env()
+            | {
+                "SPENDGATE_DATABASE_URL": database_url,
+                "SPENDGATE_UPSTREAM_BASE": upstream_base,
+                "SPENDGATE_UPSTREAM_API_KEY": UPSTREAM_KEY,
+                "SPENDGATE_ADMIN_TOKEN": secrets.token_hex(16),
+            }
+        )
+        argv = [sys.executable, "-m", "spendgate", "serve", "--host", LOOPBACK]
+        argv += ["--port", str(port)]
+        server, _ = start_server(name, argv, work, ready="listening", env=env, cwd=home)
+        return server, f"http://{LOOPBACK}:{port}", f"Bearer {key}"
+
+    return _behind_fake(work, name, launch, _ledger_check(database_url))
+
+
 TARGETS: list[TargetDef] = [
     TargetDef("direct", "(a) the fake upstream, direct", start_direct),
     TargetDef(
-        "spendgate", "(c) spendgate serve, SQLite ledger, in-process limits", start_spendgate
+        "passthrough",
+        "(b) bare pass-through proxy (aiohttp + uvloop, one pooled client; key lookup and "
+        "swap, usage read, counts in memory)",
+        start_passthrough,
+    ),
+    TargetDef(
+        "spendgate",
+        "(c) spendgate serve, SQLite ledger, in-process limits",
+        start_spendgate,
+        judged=True,
     ),
     TargetDef(
         "sg-limits",
         "(c') as (c) with 12 rate limits (user and key), two budgets, credits and an allow-list "
         "on the key, none of them reached",
         start_spendgate_limited,
+        judged=True,
+    ),
+    TargetDef(
+        "sg-postgres",
+        "(d) spendgate serve, PostgreSQL ledger (127.0.0.1:5432), in-process limits (Redis "
+        "limits come with issue 5)",
+        start_spendgate_postgres,
+        judged=True,
+    ),
+    TargetDef(
+        "litellm",
+        "(e) LiteLLM proxy 1.106.2, one worker, no database (forwards no x-fake-* header: "
+        "no mixed scenario)",
+        start_litellm,
+        peer=True,
+        skips=LITELLM_SKIPS,
     ),
 ]
 
@@ -170,7 +308,7 @@ async def _make_key(database_url: str, *, limited: bool) -> str:
         await store.add_credit("bench", money, note="bench", actor="bench")
         await store.create_key(
             "bench", hash_key(key), display_key(key), note="bench", budget_usd=money,
-            budget_period="daily", limits=limits, models=["gpt-4o*"],
+            budget_period="daily", limits=limits, models=["gpt-4o*", "text-embedding-3-*"],
         )  # fmt: skip
         return key
     finally:
@@ -195,19 +333,64 @@ def _ledger_check(database_url: str) -> Callable[[Running], Check]:
             raise BenchError(
                 f"spendgate exited with {code} on SIGTERM:\n{running.gateway.log_tail()}"
             )
-        stats = loopback_json(running.upstream_base.removesuffix("/v1") + "/__fake__/stats")
+        stats = running.upstream_stats()
         received, ledger = int(stats["received"]), asyncio.run(_ledger_requests(database_url))
         low, high = running.completed, running.completed + running.cut_allowance
         exact, bounded = ledger == received, low <= ledger <= high
         lines = [
-            f"wrk completed responses (all spendgate runs incl. warm-ups): {low}",
+            f"wrk + hey completed responses (all runs incl. warm-ups): {low}",
             f"fake upstream received (GET /__fake__/stats): {received} "
             f"(billed {stats['requests']}, unbilled {stats['unbilled']}, errors {stats['errors']})",
             f"ledger requests (usage_report after SIGTERM drain): {ledger}",
             f"ledger == upstream received: {'PASS' if exact else 'FAIL'}",
-            f"wrk completed <= ledger <= wrk completed + connections per run ({high}): "
+            f"completed <= ledger <= completed + connections per run ({high}): "
             f"{'PASS' if bounded else 'FAIL'}",
         ]
         return Check(exact and bounded, lines)
 
     return check
+
+
+async def _recreate_postgres_database() -> str:
+    """Drop and create `spendgate_bench`; return its URL."""
+    admin = create_engine(normalize_database_url(POSTGRES_ADMIN_URL))
+    try:
+        async with asyncio.timeout(POSTGRES_TIMEOUT_S), admin.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(text(f"DROP DATABASE IF EXISTS {POSTGRES_DATABASE} WITH (FORCE)"))
+            await conn.execute(text(f"CREATE DATABASE {POSTGRES_DATABASE}"))
+    finally:
+        await admin.dispose()
+    url = make_url(POSTGRES_ADMIN_URL).set(database=POSTGRES_DATABASE)
+    return url.render_as_string(hide_password=False)
+
+
+def _upstream_check(running: Running) -> Check:
+    """The fake received what wrk and hey completed, up to the requests cut in flight."""
+    stats = running.upstream_stats()
+    low, high = running.completed, running.completed + running.cut_allowance
+    bounded = low <= stats["received"] <= high
+    lines = [
+        f"wrk + hey completed responses (all runs incl. warm-ups): {low}",
+        f"fake upstream received (GET /__fake__/stats): {stats['received']} "
+        f"(billed {stats['requests']}, unbilled {stats['unbilled']}, errors {stats['errors']})",
+        f"completed <= received <= completed + connections per run ({high}): "
+        f"{'PASS' if bounded else 'FAIL'}",
+    ]
+    return Check(bounded, lines)
+
+
+def _passthrough_check(running: Running) -> Check:
+    """As `_upstream_check`, and the proxy's token counts equal what the fake billed."""
+    check = _upstream_check(running)
+    assert running.gateway is not None
+    counted = loopback_json(running.base_url + "/__passthrough__/stats")
+    billed = running.upstream_stats()
+    names = ("requests", "prompt_tokens", "completion_tokens")
+    exact = all(counted[n] == billed[n] for n in names)
+    check.lines += [
+        "pass-through counted " + ", ".join(f"{n} {counted[n]}" for n in names),
+        "fake billed " + ", ".join(f"{n} {billed[n]}" for n in names),
+        f"counted == billed: {'PASS' if exact else 'FAIL'}",
+    ]
+    return Check(check.ok and exact, check.lines)

@@ -30,6 +30,8 @@ class WrkResult:
     write: int
     status: int  # responses with status >= 400 (wrk's "Non-2xx or 3xx responses")
     timeout: int
+    threads: int = 1
+    injected: int = 0  # 500 responses to requests that asked for one (error_every)
 
     @property
     def rps(self) -> float:
@@ -50,15 +52,26 @@ def wrk_version() -> str:
 
 
 def run_wrk(
-    url: str, *, connections: int, duration_s: int, body_file: Path, auth: str
+    url: str,
+    *,
+    connections: int,
+    duration_s: int,
+    body_file: Path,
+    auth: str,
+    error_every: int = 0,
 ) -> WrkResult:
-    """POST `body_file` to `url` for `duration_s` seconds over `connections` connections."""
+    """POST `body_file` to `url` for `duration_s` seconds over `connections` connections.
+
+    With `error_every` N > 0, every Nth request of each wrk thread carries
+    `x-fake-status: 500`; the 500s that come back are counted in `injected`.
+    """
     if not url.startswith(f"http://{LOOPBACK}:"):
         raise BenchError(f"refusing to load a non-loopback URL: {url}")
     threads = min(2, connections)
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--timeout", "10s"]
     argv += ["-s", str(LUA_SCRIPT), url]
     env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_AUTH": auth}
+    env["BENCH_ERROR_EVERY"] = str(error_every)
     done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
     found = _RESULT.search(done.stdout)
     if done.returncode != 0 or found is None:
@@ -78,4 +91,6 @@ def run_wrk(
         write=int(values["write"]),
         status=int(values["status"]),
         timeout=int(values["timeout"]),
+        threads=threads,
+        injected=int(values.get("injected", "0")),
     )
