@@ -434,3 +434,16 @@ def test_serve_after_init_asks_for_the_upstream_key(tmp_path):
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert result.stderr.strip().count("\n") == 0
     assert "SPENDGATE_UPSTREAM_API_KEY" in result.stderr
+
+
+def test_serve_with_several_workers_refuses_until_limits_are_shared():
+    result = invoke("serve", "--workers", "2")
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "--workers 2" in result.stderr and "Redis" in result.stderr
+
+
+def test_serve_refuses_zero_workers():
+    result = invoke("serve", "--workers", "0")
+    assert result.exit_code == 2
+    assert "workers" in result.stderr

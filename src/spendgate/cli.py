@@ -134,9 +134,19 @@ async def with_store(settings: Settings, action: Callable[[Any], Awaitable[T]]) 
 def serve(
     host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Worker processes (more than 1 needs shared limits).")
+    ] = 1,
 ) -> None:
     """Start the gateway."""
     settings = settings_or_exit()
+    if workers > 1:
+        # Budgets, credits and rate limits are counted in process: several workers would
+        # each admit up to the full budget. Shared counters (Redis) come with scale-out.
+        fail(
+            f"--workers {workers}: several worker processes need budgets and limits shared "
+            "through Redis, which this version does not have yet; run one worker per instance."
+        )
     if settings.upstream_api_key is None:
         fail("no upstream key: set SPENDGATE_UPSTREAM_API_KEY (or run `spendgate demo`).")
     _serve(settings, host or settings.host, port if port is not None else settings.port)
