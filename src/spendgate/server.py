@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 import uvicorn
 
 from spendgate.app import SpendgateApp
+from spendgate.server_transport import CoalescingHttpToolsProtocol
 
 _GC_YOUNG_THRESHOLD = 20_000  # CPython's default is 700
 
@@ -19,7 +20,7 @@ def uvicorn_config(app: SpendgateApp, host: str, port: int) -> uvicorn.Config:
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=CoalescingHttpToolsProtocol,
         lifespan="on",
         access_log=False,
         log_level="warning",
