@@ -124,3 +124,30 @@ def test_upgrade_sync_migrates_a_new_sqlite_file(tmp_path: Path) -> None:
     path = tmp_path / "cli" / "ledger.db"
     upgrade_sync(f"sqlite:///{path}")
     assert path.exists()
+
+
+def test_schema_head_is_the_newest_migration() -> None:
+    from alembic.script import ScriptDirectory
+
+    from spendgate.ledger.engine import SCHEMA_HEAD, alembic_config
+
+    assert ScriptDirectory.from_config(alembic_config()).get_current_head() == SCHEMA_HEAD
+
+
+def test_a_database_at_head_starts_without_loading_alembic(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    url = sqlite_url_for_path(str(tmp_path / "ledger.db"))
+    upgrade_sync(url)  # migrated here, with Alembic
+    probe = (
+        "import asyncio, sys\n"
+        "from spendgate.ledger.engine import create_engine, upgrade\n"
+        f"engine = create_engine({url!r})\n"
+        "asyncio.run(upgrade(engine))\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] == 'alembic'))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stderr
