@@ -326,3 +326,22 @@ async def test_a_failing_listener_does_not_stop_the_writer(
     writer.record(make_event())
     await writer.stop()
     assert writer.written == 2
+
+
+async def test_proxy_batches_skip_the_lookup_and_a_clash_still_counts_once(
+    backend: str, engine: AsyncEngine, make_event: EventFactory
+) -> None:
+    events = [make_event() for _ in range(5)]
+    writer = LedgerWriter(engine)
+    writer.start()
+    with counting_commits(engine) as commits:
+        for item in events:
+            writer.record(item)
+        await writer.flush()
+    assert commits[0] == 1 and writer.retries == 0  # fresh proxy ids: one clean commit
+    writer.record(events[0])  # impossible for a live proxy, but the ledger must hold
+    writer.record(make_event())
+    await writer.stop()
+    assert writer.retries == 1  # the INSERT hit the unique index; the retry looked
+    assert writer.written == 6
+    assert await ledger_counts(engine) == expected_counts([*events, make_event()])

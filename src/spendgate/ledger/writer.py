@@ -186,10 +186,16 @@ class LedgerWriter:
 
     async def _write_until_done(self, batch: list[UsageEvent]) -> list[UsageEvent]:
         delay = _FIRST_BACKOFF
+        # This process's proxy events carry ids it made itself: on a first attempt none can
+        # be in the ledger yet, so the look-up is skipped (a clash would fail the INSERT on
+        # the unique index, and the retry looks).
+        known_new = all(event.source == "proxy" for event in batch)
         while True:
             started = time.perf_counter()
             try:
-                inserted = await write_events(self._engine, batch, self._inserts)
+                inserted = await write_events(
+                    self._engine, batch, self._inserts, known_new=known_new
+                )
             except Exception as error:  # the writer's outer edge: keep the batch, retry
                 self._retries += 1
                 log = logger.debug if self._last_error else logger.warning
@@ -197,6 +203,7 @@ class LedgerWriter:
                 log("ledger write of %d events failed, retrying: %s", len(batch), self._last_error)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _MAX_BACKOFF)
+                known_new = False  # the failed attempt may have committed after all
                 continue
             self._last_flush_seconds = time.perf_counter() - started
             if self._last_error is not None:
@@ -271,20 +278,29 @@ def event_inserts() -> InsertCache:
 
 
 async def write_events(
-    engine: AsyncEngine, events: Iterable[UsageEvent], inserts: InsertCache | None = None
+    engine: AsyncEngine,
+    events: Iterable[UsageEvent],
+    inserts: InsertCache | None = None,
+    *,
+    known_new: bool = False,
 ) -> list[UsageEvent]:
-    """Write events not yet in the ledger in one transaction; return those inserted."""
+    """Write events not yet in the ledger in one transaction; return those inserted.
+
+    `known_new` skips the look-up of request ids already in the ledger: the caller knows
+    none can be (a duplicate would then fail the whole transaction on the unique index).
+    """
     unique: dict[str, UsageEvent] = {}
     for event in events:
         unique.setdefault(_fit_request_id(event.request_id), event)
     if not unique:
         return []
     async with engine.begin() as conn:
-        existing = await _existing_request_ids(conn, list(unique))
+        existing = set() if known_new else await _existing_request_ids(conn, list(unique))
         fresh = [(rid, event) for rid, event in unique.items() if rid not in existing]
         if not fresh:
             return []
-        displays = await _key_displays(conn, {e.key_id for _, e in fresh if e.key_id is not None})
+        unnamed = {e.key_id for _, e in fresh if e.key_id is not None and e.key_display is None}
+        displays = await _key_displays(conn, unnamed)
         rows = [_event_row(rid, event, displays) for rid, event in fresh]
         insert_rows = (inserts or event_inserts()).for_dialect(conn.dialect)
         await insert_rows.execute(conn, rows)
@@ -299,7 +315,7 @@ def _event_row(request_id: str, event: UsageEvent, displays: dict[int, str]) -> 
     cost = event.cost_usd
     values: list[Any] = [
         request_id, ts, ts.date(), event.user, event.key_id,
-        displays.get(event.key_id) if event.key_id is not None else None,
+        event.key_display or (displays.get(event.key_id) if event.key_id is not None else None),
         event.model, event.requested_model, event.endpoint, event.method, event.status,
         event.stream, event.prompt_tokens, event.completion_tokens, event.cached_tokens,
         event.reasoning_tokens, event.total_tokens,
