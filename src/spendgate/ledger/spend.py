@@ -1,11 +1,15 @@
 """Spend read from the ledger: the baselines the limit backends start counting from.
 
-Whole days come from the daily rollups; the day of `before` is read from the events, so
-the answer is exactly the cost of every event of the user (or key) with `since` <= day and
-timestamp < `before`. Integer picodollars throughout.
+Every day up to and including the day of `before` comes from the daily rollups; from the
+day of `before` the cost of the events at or after `before` is taken off again. So the
+answer is exactly the cost of every event of the user (or key) with `since` <= day and
+timestamp < `before`, and the events read are only the few written since `before` (found
+through the `ts` index), not the whole day's: a baseline read at start-up stays cheap on a
+ledger with millions of events. One statement, so rollups and events come from one
+snapshot. Integer picodollars throughout.
 """
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -42,12 +46,25 @@ async def spent_before(
         cut = before.date()
         if since is not None and since > cut:
             return 0
-        whole = await conn.scalar(
-            select(func.sum(UsageDaily.cost_pico)).where(*daily, UsageDaily.day < cut)
+        through_cut = (
+            select(func.coalesce(func.sum(UsageDaily.cost_pico), 0))
+            .where(*daily, UsageDaily.day <= cut)
+            .scalar_subquery()
         )
-        partial = await conn.scalar(
-            select(func.sum(UsageEventRow.cost_pico)).where(
-                *events, UsageEventRow.day == cut, UsageEventRow.ts < before
-            )
+        after_before = (
+            select(func.coalesce(func.sum(UsageEventRow.cost_pico), 0))
+            .where(*events, *_rest_of_day(before))
+            .scalar_subquery()
         )
-    return int(whole or 0) + int(partial or 0)
+        row = (await conn.execute(select(through_cut, after_before))).one()
+    return int(row[0]) - int(row[1])
+
+
+def _rest_of_day(before: datetime) -> list[ColumnElement[bool]]:
+    """`before` <= ts < the next UTC midnight, as a `ts` range (so the `ts` index serves it)."""
+    conditions = [UsageEventRow.ts >= before]
+    try:
+        midnight = datetime.combine(before.date() + timedelta(days=1), time.min, tzinfo=UTC)
+    except OverflowError:  # the last representable day: no next midnight
+        return conditions
+    return [*conditions, UsageEventRow.ts < midnight]
