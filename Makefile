@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint format bench bench-peers bench-ledger services clean
+.PHONY: run test lint format bench bench-peers bench-ledger bench-soak services clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ bench-peers: $(VENV)/.installed-dev
 bench-ledger: $(VENV)/.installed-dev
 	@command -v wrk >/dev/null || (sudo -n apt-get install -y -q wrk || apt-get install -y -q wrk)
 	$(BIN)/python bench/ledger_scale.py
+
+## bench-soak: RSS after 100,000 requests and over a 5-minute soak
+bench-soak: $(VENV)/.installed-dev
+	@command -v wrk >/dev/null || (sudo -n apt-get install -y -q wrk || apt-get install -y -q wrk)
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
