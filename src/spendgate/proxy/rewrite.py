@@ -17,7 +17,7 @@ _USAGE_STREAM_ENDPOINTS = frozenset({"chat/completions", "completions"})
 _MAX_TOKEN_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs twice as much, per request
 class PreparedRequest:
     """A request as the gateway understood it, with the body to send upstream."""
 
