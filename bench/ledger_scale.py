@@ -149,11 +149,12 @@ def count_events(path: Path) -> int:
         conn.close()
 
 
-def rollup_rows_between(path: Path, start: date, end: date) -> int:
+def rollup_rows_between(path: Path, start: date, end: date, table: str = "usage_daily") -> int:
+    """Rows of a rollup table (usage_daily or usage_daily_user) in a day range."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         row = conn.execute(
-            "SELECT COUNT(*) FROM usage_daily WHERE day >= ? AND day <= ?",
+            f"SELECT COUNT(*) FROM {table} WHERE day >= ? AND day <= ?",
             (start.isoformat(), end.isoformat()),
         ).fetchone()
         return int(row[0])
@@ -454,6 +455,7 @@ class Findings:
     timings: list[QueryTiming] = field(default_factory=list)
     window_checks: list[str] = field(default_factory=list)
     window_rollups: int = 0
+    window_user_rollups: int = 0
     first: dict[str, tuple[float, float]] = field(default_factory=dict)
     ledger_lines: list[str] = field(default_factory=list)
     gateways: list[Gateway] = field(default_factory=list)
@@ -545,7 +547,8 @@ def report(
         f"- command: `{shlex.join([str(exe), *sys.argv])}`",
         f"- ledger: SQLite, {stats.events:,} events from {stats.first_day} to {stats.last_day}, "
         f"{stats.rollup_rows:,} `usage_daily` rows ({found.window_rollups:,} in the 30-day "
-        f"window), {stats.users} users, {stats.keys} keys, "
+        f"window), {stats.user_rollup_rows:,} `usage_daily_user` rows "
+        f"({found.window_user_rollups:,} in the window), {stats.users} users, {stats.keys} keys, "
         f"{mb:,.0f} MiB; {found.seed_how}",
         f"- start-up of `spendgate serve` until it listens: empty ledger {empty.startup_s:.2f} s, "
         f"seeded ledger {seeded.startup_s:.2f} s",
@@ -597,7 +600,9 @@ def run(args: argparse.Namespace, work: Path, found: Findings) -> None:
     seeded_db, found.seed_how = seeded_ledger(args, work)
     found.stats = ledger_seed.ledger_stats(seeded_db, 0)
     today = datetime.now(UTC).date()
-    found.window_rollups = rollup_rows_between(seeded_db, today - timedelta(days=29), today)
+    window = today - timedelta(days=29), today
+    found.window_rollups = rollup_rows_between(seeded_db, *window)
+    found.window_user_rollups = rollup_rows_between(seeded_db, *window, table="usage_daily_user")
     empty_db = work / "empty.db"
     keys_empty = asyncio.run(add_keys(empty_db, seeded=False))
     keys_seeded = asyncio.run(add_keys(seeded_db, seeded=True))

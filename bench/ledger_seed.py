@@ -4,7 +4,8 @@ Users and keys go through `spendgate.ledger.store.Store` (so every column and fo
 is what the gateway writes); the events are generated inside SQLite by one INSERT ... SELECT
 per batch (no Python per row), and the `usage_daily` rollups are then built from the events
 with one INSERT ... SELECT ... GROUP BY over the writer's rollup key (`schema.ROLLUP_KEY`):
-the same sums `LedgerWriter` would have added up event by event.
+the same sums `LedgerWriter` would have added up event by event. The coarse rollup
+`usage_daily_user` is `usage_daily` summed over `schema.USER_ROLLUP_KEY`, built the same way.
 
 Shape: `users` users with two keys each, key traffic Zipf-distributed (a few keys carry
 most of it), 6 models (one unpriced, one embedding, one reasoning), chat/responses/
@@ -29,10 +30,10 @@ from pathlib import Path
 
 from spendgate.keys.material import KEY_PREFIX, display_key, hash_key
 from spendgate.ledger.engine import create_engine, sqlite_url_for_path, upgrade
-from spendgate.ledger.schema import ROLLUP_KEY, ROLLUP_SUMS
+from spendgate.ledger.schema import ROLLUP_KEY, ROLLUP_SUMS, USER_ROLLUP_KEY
 from spendgate.ledger.store import Store
 
-SEED_VERSION = 1  # bump when the generated data changes (cache key)
+SEED_VERSION = 2  # bump when the generated data changes (cache key; so is the schema head)
 KEY_SLOTS = 1 << 16  # weighted key picks: 16 random bits index seed_keys
 MODEL_SLOTS = 1 << 10
 BATCH = 250_000  # events per INSERT ... SELECT transaction
@@ -80,6 +81,7 @@ class SeedSpec:
 class SeedStats:
     events: int
     rollup_rows: int
+    user_rollup_rows: int
     users: int
     keys: int
     first_day: str
@@ -278,6 +280,17 @@ def rollup_sql() -> str:
     )
 
 
+def user_rollup_sql() -> str:
+    """usage_daily_user rows: usage_daily summed over the coarse key, as the writer keeps them."""
+    key = ", ".join(USER_ROLLUP_KEY)
+    columns = ", ".join((*USER_ROLLUP_KEY, *ROLLUP_SUMS))
+    sums = ", ".join(f"SUM({name})" for name in ROLLUP_SUMS)
+    return (
+        f"INSERT INTO usage_daily_user ({columns}) SELECT {key}, {sums} FROM usage_daily "
+        f"GROUP BY {key} ORDER BY {key}"
+    )
+
+
 def insert_events(
     path: Path, spec: SeedSpec, key_ids: list[int], end: datetime, progress: Progress = None
 ) -> None:
@@ -316,6 +329,7 @@ def insert_events(
         _note(progress, "event indexes built")
         conn.execute("BEGIN")
         conn.execute(rollup_sql())
+        conn.execute(user_rollup_sql())
         conn.execute("COMMIT")
         _note(progress, "rollups built")
         # No ANALYZE: spendgate never runs it, so a real ledger has no planner statistics.
@@ -350,11 +364,12 @@ def ledger_stats(path: Path, seconds: float) -> SeedStats:
             "SELECT COUNT(*), MIN(day), MAX(day) FROM usage_events"
         ).fetchone()
         rollups = conn.execute("SELECT COUNT(*) FROM usage_daily").fetchone()[0]
+        user_rollups = conn.execute("SELECT COUNT(*) FROM usage_daily_user").fetchone()[0]
         users = conn.execute("SELECT COUNT(*) FROM users").fetchone()[0]
         keys = conn.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0]
     finally:
         conn.close()
-    return SeedStats(events, rollups, users, keys, str(first), str(last), seconds,
+    return SeedStats(events, rollups, user_rollups, users, keys, str(first), str(last), seconds,
                      path.stat().st_size)  # fmt: skip
 
 

@@ -17,7 +17,7 @@ from bench.ledger_seed import MODELS, SeedSpec, ledger_stats, seed_key, seed_led
 from spendgate.keys.material import hash_key
 from spendgate.ledger.engine import create_engine, sqlite_url_for_path
 from spendgate.ledger.reports import GROUP_FIELDS, UsageFilter, usage_report
-from spendgate.ledger.schema import ROLLUP_KEY, ROLLUP_SUMS
+from spendgate.ledger.schema import ROLLUP_KEY, ROLLUP_SUMS, USER_ROLLUP_KEY
 from spendgate.money import pico_to_usd
 
 SPEC = SeedSpec(events=5_000, days=60, users=20)
@@ -105,6 +105,22 @@ def test_rollups_are_what_the_writer_would_have_summed(db: sqlite3.Connection) -
     }
     assert actual == dict(expected)
     assert sum(r[ROLLUP_SUMS.index("unpriced_requests")] for r in actual.values()) > 0
+
+
+def test_the_coarse_rollup_is_the_fine_one_summed(ledger: Path, db: sqlite3.Connection) -> None:
+    at = [ROLLUP_KEY.index(name) for name in USER_ROLLUP_KEY]
+    expected: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * len(ROLLUP_SUMS))
+    for row in db.execute("SELECT * FROM usage_daily"):
+        total = expected[tuple(row[ROLLUP_KEY[index]] for index in at)]
+        for index, name in enumerate(ROLLUP_SUMS):
+            total[index] += row[name]
+    actual = {
+        tuple(row[n] for n in USER_ROLLUP_KEY): [row[n] for n in ROLLUP_SUMS]
+        for row in db.execute("SELECT * FROM usage_daily_user")
+    }
+    assert actual == dict(expected)
+    stats = ledger_stats(ledger, 0)
+    assert stats.user_rollup_rows == len(actual) < stats.rollup_rows
 
 
 def test_rollups_per_day_user_and_model_match_the_events(db: sqlite3.Connection) -> None:

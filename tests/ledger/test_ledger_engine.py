@@ -10,6 +10,7 @@ from sqlalchemy import Connection, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spendgate.ledger.engine import (
+    SCHEMA_HEAD,
     create_engine,
     normalize_database_url,
     sqlite_url_for_path,
@@ -18,7 +19,15 @@ from spendgate.ledger.engine import (
 )
 from spendgate.ledger.schema import Base, User
 
-LEDGER_TABLES = {"users", "api_keys", "usage_events", "usage_daily", "meta", "credit_transactions"}
+LEDGER_TABLES = {
+    "users",
+    "api_keys",
+    "usage_events",
+    "usage_daily",
+    "usage_daily_user",
+    "meta",
+    "credit_transactions",
+}
 
 
 @pytest.mark.parametrize(
@@ -104,7 +113,7 @@ async def test_migration_from_empty_matches_the_models(backend: str, database_ur
         await engine.dispose()
     assert tables >= LEDGER_TABLES
     assert differences == []
-    assert [tuple(row) for row in version] == [("0002",)]
+    assert [tuple(row) for row in version] == [(SCHEMA_HEAD,)] == [("0003",)]
     assert [tuple(row) for row in generation] == [("principal_generation", 0)]
 
 

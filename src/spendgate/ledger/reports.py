@@ -1,5 +1,11 @@
 """Every report query: aggregates read the daily rollups, listings read the events.
 
+Two rollups hold the same sums: usage_daily per (day, user, key, model, source, end user,
+upstream) and the coarse usage_daily_user per (day, user, model, source), a tenth of the
+rows at scale. A report that only groups by and filters on the coarse key's fields reads
+usage_daily_user; one that involves a key, an end user or an upstream reads usage_daily.
+Both give the same exact sums (the writer keeps them in the same transaction).
+
 Sums are exact: integer token counts and integer picodollars, turned into `Decimal` USD
 only at the end (PostgreSQL and MySQL answer SUM(bigint) as a decimal; `int()` keeps it exact).
 """
@@ -10,13 +16,14 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
     FromClause,
     RowMapping,
     Select,
+    Table,
     and_,
     delete,
     func,
@@ -25,7 +32,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from spendgate.ledger.schema import ApiKey, UsageDaily, UsageEventRow
+from spendgate.ledger.schema import (
+    USER_ROLLUP_KEY,
+    ApiKey,
+    UsageDaily,
+    UsageDailyUser,
+    UsageEventRow,
+)
 from spendgate.money import format_usd, pico_to_usd
 
 GROUP_FIELDS = ("user", "key", "model", "day", "end_user", "upstream", "source")
@@ -61,9 +74,10 @@ TOKEN_FIELDS = (
 CSV_PAGE = 1000
 
 _SUM_NAMES = ("requests", *TOKEN_FIELDS, "cost_pico")
-_DAILY = UsageDaily.__table__
+_DAILY = cast(Table, UsageDaily.__table__)
+_DAILY_USER = cast(Table, UsageDailyUser.__table__)
 _EVENTS = UsageEventRow.__table__
-# group field -> usage_daily column
+# group field -> rollup column
 _GROUP_COLUMNS = {
     "user": "user_name",
     "key": "key_id",
@@ -89,8 +103,21 @@ class UsageFilter:
     upstream: str | None = None
 
 
-def _sum_columns() -> list[ColumnElement[Any]]:
-    return [func.coalesce(func.sum(getattr(UsageDaily, n)), 0).label(n) for n in _SUM_NAMES]
+# The filter fields usage_daily_user does not have (they must be unset to read it).
+_FINE_FILTERS = ("key_id", "end_user", "upstream")
+
+
+def rollup_for(flt: UsageFilter, group_by: str | None = None) -> Table:
+    """The coarsest rollup that answers `flt` grouped by `group_by` exactly."""
+    if group_by is not None and _GROUP_COLUMNS.get(group_by) not in USER_ROLLUP_KEY:
+        return _DAILY
+    if any(getattr(flt, name) not in (None, "") for name in _FINE_FILTERS):
+        return _DAILY
+    return _DAILY_USER
+
+
+def _sum_columns(table: Table = _DAILY) -> list[ColumnElement[Any]]:
+    return [func.coalesce(func.sum(table.c[name]), 0).label(name) for name in _SUM_NAMES]
 
 
 def _totals(row: Mapping[Any, Any] | None) -> dict[str, Any]:
@@ -102,7 +129,11 @@ def _totals(row: Mapping[Any, Any] | None) -> dict[str, Any]:
 
 
 def _conditions(table: FromClause, flt: UsageFilter) -> list[ColumnElement[bool]]:
-    """WHERE terms for `flt` on usage_daily or usage_events (both have these columns)."""
+    """WHERE terms for `flt` on a rollup or usage_events.
+
+    usage_daily and usage_events have every filter column; usage_daily_user only those of
+    its key, so only a filter `rollup_for` chose it for may be applied to it.
+    """
     columns = table.c
     conditions = [columns.day >= flt.start, columns.day <= flt.end]
     for name, value in (
@@ -124,13 +155,15 @@ async def usage_report(
     """Totals for the filter, and per-group totals when `group_by` names a GROUP_FIELDS entry."""
     if group_by is not None and group_by not in GROUP_FIELDS:
         raise ValueError(f"cannot group by '{group_by}'")
-    conditions = _conditions(_DAILY, flt)
+    table = rollup_for(flt, group_by)
+    conditions = _conditions(table, flt)
     report: dict[str, Any] = {"start": flt.start.isoformat(), "end": flt.end.isoformat()}
     async with engine.connect() as conn:
         if group_by is None:
-            totals = (await conn.execute(select(*_sum_columns()).where(*conditions))).mappings()
+            query = select(*_sum_columns(table)).where(*conditions)
+            totals = (await conn.execute(query)).mappings()
             return report | {"totals": _totals(totals.first()), "groups": []}
-        rows = await _grouped_rows(conn, group_by, conditions)
+        rows = await _grouped_rows(conn, table, group_by, conditions)
     groups = [_totals(row) | _group_value(group_by, row) for row in rows]
     if group_by == "day":
         groups.sort(key=lambda group: str(group["day"]))
@@ -147,35 +180,36 @@ def _sum_of(rows: Sequence[Mapping[Any, Any]]) -> dict[str, Any]:
 
 
 async def _grouped_rows(
-    conn: AsyncConnection, group_by: str, conditions: list[ColumnElement[bool]]
+    conn: AsyncConnection, table: Table, group_by: str, conditions: list[ColumnElement[bool]]
 ) -> Sequence[Mapping[Any, Any]]:
-    """One row per group: `value` (and `display` for keys) and the sums."""
+    """One row per group of the rollup `table`: `value` (and `display` for keys), the sums."""
     if group_by != "user":
-        query = _group_query(group_by).where(*conditions)
+        query = _group_query(table, group_by).where(*conditions)
         rows: Sequence[RowMapping] = (await conn.execute(query)).mappings().all()
         return rows
-    # Grouped by (day, user) the rollups are read in the order of their unique index
-    # (day, user_name, ...), so the engine streams them instead of sorting the whole window
-    # (SQLite: 1.6x faster at 270,000 rows); the few days per user are added up here.
-    daily = (
-        select(UsageDaily.day, UsageDaily.user_name.label("value"), *_sum_columns())
+    # Grouped by (day, user) first, the rollup is read in the order of its key (day,
+    # user_name, ...) and summed as it streams, with no sort of the window's rows; only the
+    # few (day, user) sums are then grouped by user. SQLite, 30 days of the 5M-event bench
+    # ledger: 1.3x faster than GROUP BY user_name (which sorts every row) and than adding up
+    # the (day, user) rows in Python.
+    columns = table.c
+    per_day = (
+        select(columns.day, columns.user_name.label("value"), *_sum_columns(table))
         .where(*conditions)
-        .group_by(UsageDaily.day, UsageDaily.user_name)
+        .group_by(columns.day, columns.user_name)
+        .subquery()
     )
-    merged: dict[str, dict[str, Any]] = {}
-    for row in (await conn.execute(daily)).mappings():
-        total = merged.setdefault(
-            row["value"], {"value": row["value"]} | dict.fromkeys(_SUM_NAMES, 0)
-        )
-        for name in _SUM_NAMES:
-            total[name] += int(row[name])
-    return list(merged.values())
+    query = select(
+        per_day.c.value, *(func.sum(per_day.c[name]).label(name) for name in _SUM_NAMES)
+    ).group_by(per_day.c.value)
+    grouped: Sequence[RowMapping] = (await conn.execute(query)).mappings().all()
+    return grouped
 
 
-def _group_query(group_by: str) -> Select[Any]:
-    column = _DAILY.c[_GROUP_COLUMNS[group_by]].label("value")
+def _group_query(table: Table, group_by: str) -> Select[Any]:
+    column = table.c[_GROUP_COLUMNS[group_by]].label("value")
     if group_by != "key":
-        return select(column, *_sum_columns()).group_by(column)
+        return select(column, *_sum_columns(table)).group_by(column)
     display = ApiKey.display.label("display")
     query = select(column, display, *_sum_columns()).outerjoin(
         ApiKey, ApiKey.id == UsageDaily.key_id
@@ -269,24 +303,29 @@ async def iter_usage_csv(engine: AsyncEngine, flt: UsageFilter) -> AsyncIterator
 async def monitor(
     engine: AsyncEngine, today: date, *, top: int = 10, recent: int = 20
 ) -> dict[str, Any]:
-    """Today's totals and active users, this month's top users by cost, the latest events."""
-    cost = func.coalesce(func.sum(UsageDaily.cost_pico), 0)
-    requests = func.coalesce(func.sum(UsageDaily.requests), 0)
+    """Today's totals and active users, this month's top users by cost, the latest events.
+
+    Everything is per user and day: read from the coarse rollup usage_daily_user.
+    """
+    daily = UsageDailyUser
+    cost = func.coalesce(func.sum(daily.cost_pico), 0)
+    requests = func.coalesce(func.sum(daily.requests), 0)
     top_query = (
-        select(UsageDaily.user_name, cost.label("cost_pico"), requests.label("requests"))
-        .where(UsageDaily.day >= today.replace(day=1), UsageDaily.day <= today)
-        .group_by(UsageDaily.user_name)
-        .order_by(cost.desc(), requests.desc(), UsageDaily.user_name)
+        select(daily.user_name, cost.label("cost_pico"), requests.label("requests"))
+        .where(daily.day >= today.replace(day=1), daily.day <= today)
+        .group_by(daily.user_name)
+        .order_by(cost.desc(), requests.desc(), daily.user_name)
         .limit(top)
     )
-    active = select(func.count(func.distinct(UsageDaily.user_name))).where(UsageDaily.day == today)
+    active = select(func.count(func.distinct(daily.user_name))).where(daily.day == today)
     latest = (
         select(UsageEventRow)
         .order_by(UsageEventRow.ts.desc(), UsageEventRow.id.desc())
         .limit(recent)
     )
     async with engine.connect() as conn:
-        today_row = await conn.execute(select(*_sum_columns()).where(UsageDaily.day == today))
+        today_query = select(*_sum_columns(_DAILY_USER)).where(daily.day == today)
+        today_row = await conn.execute(today_query)
         today_totals = _totals(today_row.mappings().first())
         active_users = int(await conn.scalar(active) or 0)
         top_rows = (await conn.execute(top_query)).mappings().all()
@@ -307,7 +346,7 @@ async def monitor(
 
 
 async def purge_before(engine: AsyncEngine, before: date) -> int:
-    """Delete events of days before `before` (rollups stay); return how many were deleted."""
+    """Delete events of days before `before` (both rollups stay); return how many went."""
     async with engine.begin() as conn:
         result = await conn.execute(delete(UsageEventRow).where(UsageEventRow.day < before))
     return int(result.rowcount)

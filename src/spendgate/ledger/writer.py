@@ -2,14 +2,15 @@
 
 The hot path only appends to an in-memory queue (`LedgerWriter.record`). The task takes
 up to `max_batch` events at a time, waiting at most `flush_interval` after the first, and
-writes each batch in one transaction: the new events, their daily rollups and the keys'
-`last_used_at`. A failed batch is kept and retried with backoff. Events whose request id
-is already in the ledger are skipped, so a retry after a commit whose answer was lost
-never counts anything twice.
+writes each batch in one transaction: the new events, their daily rollups (usage_daily
+and the coarse usage_daily_user) and the keys' `last_used_at`. A failed batch is kept and
+retried with backoff. Events whose request id is already in the ledger are skipped, so a
+retry after a commit whose answer was lost never counts anything twice.
 """
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -18,19 +19,21 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import String, Table, bindparam, or_, select, update
+from sqlalchemy import Dialect, String, Table, bindparam, or_, select, update
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Insert
 
-from spendgate.ledger.bulk import InsertCache
+from spendgate.ledger.bulk import InsertCache, Processor
 from spendgate.ledger.events import UsageEvent
 from spendgate.ledger.schema import (
     ROLLUP_KEY,
     ROLLUP_SUMS,
+    USER_ROLLUP_KEY,
     ApiKey,
     UsageDaily,
+    UsageDailyUser,
     UsageEventRow,
     UTCDateTime,
 )
@@ -42,7 +45,10 @@ _FIRST_BACKOFF = 0.05
 _MAX_BACKOFF = 2.0
 _SELECT_CHUNK = 500  # request ids per IN (...) lookup
 _EVENTS = cast(Table, UsageEventRow.__table__)
-_DAILY = UsageDaily.__table__
+_DAILY = cast(Table, UsageDaily.__table__)
+_DAILY_USER = cast(Table, UsageDailyUser.__table__)
+# Where each USER_ROLLUP_KEY field sits in a ROLLUP_KEY tuple.
+_USER_KEY_AT = tuple(ROLLUP_KEY.index(name) for name in USER_ROLLUP_KEY)
 
 _REQUEST_ID_LEN = 64
 
@@ -274,7 +280,32 @@ class _Row(NamedTuple):
 
 def event_inserts() -> InsertCache:
     """The usage_events INSERT, compiled once per dialect (a writer keeps one)."""
-    return InsertCache(_EVENTS, _EVENT_COLUMNS)
+    return InsertCache(_EVENTS, _EVENT_COLUMNS, driver_conversions)
+
+
+def driver_conversions(dialect: Dialect) -> dict[str, Processor | None]:
+    """Conversions of the hot columns to driver values, equal to SQLAlchemy's but cheaper.
+
+    `_event_row` gives `ts` as an aware UTC datetime and the flags as real bools, which every
+    driver takes as they are; SQLite stores datetimes and dates as text in SQLAlchemy's format.
+    """
+    conversions: dict[str, Processor | None] = {"stream": None, "estimated": None}
+    if dialect.name == "sqlite":
+        conversions["ts"] = _sqlite_datetime
+        conversions["day"] = date.isoformat
+    elif dialect.name == "postgresql":
+        conversions["ts"] = None  # asyncpg takes the aware datetime
+    elif dialect.name in ("mysql", "mariadb"):
+        conversions["ts"] = _naive_datetime
+    return conversions
+
+
+def _sqlite_datetime(ts: datetime) -> str:
+    return ts.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _naive_datetime(ts: datetime) -> datetime:
+    return ts.replace(tzinfo=None)
 
 
 async def write_events(
@@ -304,7 +335,8 @@ async def write_events(
         rows = [_event_row(rid, event, displays) for rid, event in fresh]
         insert_rows = (inserts or event_inserts()).for_dialect(conn.dialect)
         await insert_rows.execute(conn, rows)
-        await _add_to_rollups(conn, rows)
+        sums = await _add_to_rollups(conn, rows)
+        await _add_to_user_rollups(conn, sums)
         await _touch_keys(conn, rows)
     return [event for _, event in fresh]
 
@@ -355,8 +387,12 @@ async def _key_displays(conn: AsyncConnection, key_ids: set[int]) -> dict[int, s
     return {key_id: display for key_id, display in (await conn.execute(query)).all()}
 
 
-async def _add_to_rollups(conn: AsyncConnection, rows: list[_Row]) -> None:
-    sums: dict[tuple[Any, ...], list[int]] = {}
+RollupSums = dict[tuple[Any, ...], list[int]]
+
+
+async def _add_to_rollups(conn: AsyncConnection, rows: list[_Row]) -> RollupSums:
+    """Add the rows to usage_daily; return the batch's sums per ROLLUP_KEY."""
+    sums: RollupSums = {}
     for row in rows:
         key = (
             row.day,
@@ -382,28 +418,64 @@ async def _add_to_rollups(conn: AsyncConnection, rows: list[_Row]) -> None:
         total = sums.setdefault(key, [0] * len(ROLLUP_SUMS))
         for index, amount in enumerate(add):
             total[index] += int(amount)
-    # Sorted, so concurrent writers on other instances lock rollup rows in the same order.
-    params = [
-        dict(zip(ROLLUP_KEY, key, strict=True)) | dict(zip(ROLLUP_SUMS, total, strict=True))
+    await conn.execute(_rollup_upsert(conn.dialect.name), _upsert_params(ROLLUP_KEY, sums))
+    return sums
+
+
+async def _add_to_user_rollups(conn: AsyncConnection, sums: RollupSums) -> None:
+    """Add the batch's usage_daily sums to usage_daily_user, summed over its coarser key.
+
+    Every writer upserts usage_daily first, then usage_daily_user, each in key order: the
+    row locks of concurrent writers are always taken in the same order.
+    """
+    coarse: RollupSums = {}
+    for key, total in sums.items():
+        user_key = tuple(key[index] for index in _USER_KEY_AT)
+        into = coarse.get(user_key)
+        if into is None:
+            coarse[user_key] = list(total)
+        else:
+            for index, amount in enumerate(total):
+                into[index] += amount
+    stmt = _user_rollup_upsert(conn.dialect.name)
+    await conn.execute(stmt, _upsert_params(USER_ROLLUP_KEY, coarse))
+
+
+def _upsert_params(key_names: Sequence[str], sums: RollupSums) -> list[dict[str, Any]]:
+    """One parameter dict per rollup row; sorted, so concurrent writers on other instances
+    lock rollup rows in the same order."""
+    return [
+        dict(zip(key_names, key, strict=True)) | dict(zip(ROLLUP_SUMS, total, strict=True))
         for key, total in sorted(sums.items())
     ]
-    await conn.execute(_rollup_upsert(conn.dialect.name), params)
 
 
+# Built once per dialect: building an upsert costs ~0.9 ms of the event loop's time, its
+# execution (compiled form cached by SQLAlchemy) a small part of that.
+@functools.cache
 def _rollup_upsert(dialect: str) -> Insert:
-    """INSERT a rollup row, or add its sums to the existing row with the same key."""
+    """INSERT a usage_daily row, or add its sums to the existing row with the same key."""
+    return _upsert(_DAILY, ROLLUP_KEY, dialect)
+
+
+@functools.cache
+def _user_rollup_upsert(dialect: str) -> Insert:
+    """INSERT a usage_daily_user row, or add its sums to the existing row with the same key."""
+    return _upsert(_DAILY_USER, USER_ROLLUP_KEY, dialect)
+
+
+def _upsert(table: Table, key_names: Sequence[str], dialect: str) -> Insert:
+    """INSERT a rollup row into `table`, or add its sums to the row with the same key."""
     if dialect == "mysql":
-        stmt = mysql.insert(UsageDaily)
+        stmt = mysql.insert(table)
         return stmt.on_duplicate_key_update(
-            {name: _DAILY.c[name] + stmt.inserted[name] for name in ROLLUP_SUMS}
+            {name: table.c[name] + stmt.inserted[name] for name in ROLLUP_SUMS}
         )
     if dialect in ("postgresql", "sqlite"):
-        stmt_pg = (
-            postgresql.insert(UsageDaily) if dialect == "postgresql" else sqlite.insert(UsageDaily)
-        )
+        stmt_pg = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
         return stmt_pg.on_conflict_do_update(
-            index_elements=list(ROLLUP_KEY),
-            set_={name: _DAILY.c[name] + stmt_pg.excluded[name] for name in ROLLUP_SUMS},
+            index_elements=list(key_names),
+            set_={name: table.c[name] + stmt_pg.excluded[name] for name in ROLLUP_SUMS},
         )
     raise ValueError(f"unsupported database dialect '{dialect}'")
 
