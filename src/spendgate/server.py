@@ -26,6 +26,7 @@ def uvicorn_config(app: SpendgateApp, host: str, port: int) -> uvicorn.Config:
         log_level="warning",
         timeout_keep_alive=75,
         server_header=False,
+        proxy_headers=False,  # the client address is never used: skip the middleware layer
         date_header=True,
     )
 

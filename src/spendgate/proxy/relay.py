@@ -278,7 +278,8 @@ class ProxyApp:
     ) -> tuple[Any, Any]:
         if outcome.upstream is None:
             outcome.upstream = self._upstream.target.name
-        await self._recorder.prepare_estimate(prepared, outcome)
+        if outcome.usage is None:
+            await self._recorder.prepare_estimate(prepared, outcome)
         usage, cost = self._recorder.record(request_id, principal, prepared, outcome, started)
         await self._admission.settle(principal, admitted, usage, cost)
         return usage, cost
