@@ -293,6 +293,9 @@ def driver_conversions(dialect: Dialect) -> dict[str, Processor | None]:
     if dialect.name == "sqlite":
         conversions["ts"] = _sqlite_datetime
         conversions["day"] = date.isoformat
+        # sqlite3 looks up an adapter for every bool (not for int): give it ints, as
+        # SQLAlchemy does for SQLite.
+        conversions["stream"] = conversions["estimated"] = int
     elif dialect.name == "postgresql":
         conversions["ts"] = None  # asyncpg takes the aware datetime
     elif dialect.name in ("mysql", "mariadb"):
@@ -301,7 +304,10 @@ def driver_conversions(dialect: Dialect) -> dict[str, Processor | None]:
 
 
 def _sqlite_datetime(ts: datetime) -> str:
-    return ts.replace(tzinfo=None).isoformat(" ", "microseconds")
+    # SQLAlchemy's SQLite DATETIME format; %-formatting is ~2x cheaper than isoformat here.
+    return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (  # noqa: UP031
+        ts.year, ts.month, ts.day, ts.hour, ts.minute, ts.second, ts.microsecond,
+    )  # fmt: skip
 
 
 def _naive_datetime(ts: datetime) -> datetime:
@@ -343,7 +349,8 @@ async def write_events(
 
 def _event_row(request_id: str, event: UsageEvent, displays: dict[int, str]) -> _Row:
     ts = event.timestamp
-    ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    if ts.tzinfo is not UTC:  # the proxy's events are already UTC: skip the conversion
+        ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
     cost = event.cost_usd
     values: list[Any] = [
         request_id, ts, ts.date(), event.user, event.key_id,
@@ -404,20 +411,26 @@ async def _add_to_rollups(conn: AsyncConnection, rows: list[_Row]) -> RollupSums
             row.upstream or "",
         )
         cost = row.cost_pico
-        add = (
-            1,
-            row.prompt_tokens,
-            row.completion_tokens,
-            row.cached_tokens,
-            row.reasoning_tokens,
-            row.total_tokens,
-            cost or 0,
-            cost is None,
-            row.estimated,
-        )
-        total = sums.setdefault(key, [0] * len(ROLLUP_SUMS))
-        for index, amount in enumerate(add):
-            total[index] += int(amount)
+        total = sums.get(key)
+        if total is None:  # in ROLLUP_SUMS order
+            sums[key] = [
+                1, row.prompt_tokens, row.completion_tokens, row.cached_tokens,
+                row.reasoning_tokens, row.total_tokens, cost or 0, int(cost is None),
+                int(row.estimated),
+            ]  # fmt: skip
+            continue
+        total[0] += 1
+        total[1] += row.prompt_tokens
+        total[2] += row.completion_tokens
+        total[3] += row.cached_tokens
+        total[4] += row.reasoning_tokens
+        total[5] += row.total_tokens
+        if cost is None:
+            total[7] += 1
+        else:
+            total[6] += cost
+        if row.estimated:
+            total[8] += 1
     await conn.execute(_rollup_upsert(conn.dialect.name), _upsert_params(ROLLUP_KEY, sums))
     return sums
 
