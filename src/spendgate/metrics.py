@@ -10,7 +10,6 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 
 from spendgate.ledger.events import UsageEvent
-from spendgate.money import usd_to_pico
 
 # Name → one-line documentation. The README test checks every name here is documented.
 METRIC_DOCS = {
@@ -100,10 +99,10 @@ class GatewayMetrics:
                 if count:
                     token_key = (model, kind)
                     tokens[token_key] = tokens.get(token_key, 0) + count
-        cost = event.cost_usd
+        cost = event.cost_pico
         if cost is not None:
             if cost:
-                self.cost_pico[model] = self.cost_pico.get(model, 0) + usd_to_pico(cost)
+                self.cost_pico[model] = self.cost_pico.get(model, 0) + cost
         elif event.prompt_tokens or event.completion_tokens:
             self.unpriced[model] = self.unpriced.get(model, 0) + 1
         if event.estimated:

@@ -5,6 +5,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
+from spendgate.money import usd_to_pico
+
 Source = Literal["proxy", "ingest"]
 
 
@@ -39,3 +41,8 @@ class UsageEvent:
     requested_model: str | None = None
     error_code: str | None = None
     key_display: str | None = None
+    cost_pico: int | None = None  # `cost_usd` in picodollars; filled in when not given
+
+    def __post_init__(self) -> None:
+        if self.cost_pico is None and self.cost_usd is not None:
+            self.cost_pico = usd_to_pico(self.cost_usd)

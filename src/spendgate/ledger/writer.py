@@ -37,7 +37,6 @@ from spendgate.ledger.schema import (
     UsageEventRow,
     UTCDateTime,
 )
-from spendgate.money import usd_to_pico
 
 logger = logging.getLogger(__name__)
 
@@ -351,14 +350,14 @@ def _event_row(request_id: str, event: UsageEvent, displays: dict[int, str]) -> 
     ts = event.timestamp
     if ts.tzinfo is not UTC:  # the proxy's events are already UTC: skip the conversion
         ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-    cost = event.cost_usd
+    cost = event.cost_pico
     values: list[Any] = [
         request_id, ts, ts.date(), event.user, event.key_id,
         event.key_display or (displays.get(event.key_id) if event.key_id is not None else None),
         event.model, event.requested_model, event.endpoint, event.method, event.status,
         event.stream, event.prompt_tokens, event.completion_tokens, event.cached_tokens,
         event.reasoning_tokens, event.total_tokens,
-        None if cost is None else usd_to_pico(cost),
+        cost,
         event.latency_ms, event.estimated, event.source, event.end_user, event.upstream,
         event.error_code,
     ]  # fmt: skip

@@ -15,6 +15,7 @@ from spendgate.metering.estimate import TokenEstimator
 from spendgate.metering.pricing import PriceBook
 from spendgate.metering.usage import ZERO_USAGE, Usage
 from spendgate.metrics import GatewayMetrics
+from spendgate.money import usd_to_pico
 from spendgate.proxy.rewrite import PreparedRequest
 
 
@@ -131,6 +132,7 @@ class Recorder:
             reasoning_tokens=usage.reasoning_tokens,
             total_tokens=usage.total_tokens,
             cost_usd=cost,
+            cost_pico=None if cost is None else usd_to_pico(cost),
             latency_ms=int((time.perf_counter() - started) * 1000),
             estimated=estimated,
             source="proxy",
