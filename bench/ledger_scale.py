@@ -38,6 +38,7 @@ from alembic.script import ScriptDirectory
 
 import ledger_seed
 from procs import LOOPBACK, BenchError, Server, free_port
+from run import machine
 from spendgate.config import Settings
 from spendgate.keys.material import display_key, hash_key, new_key
 from spendgate.ledger.engine import alembic_config, create_engine, sqlite_url_for_path, upgrade
@@ -433,15 +434,6 @@ def _fake_stats(base: str) -> dict[str, int]:
 
 
 # the report
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return f"{len(os.sched_getaffinity(0))} cores (nproc), {model}, Linux {platform.release()}"
 
 
 def loadavg() -> str:

@@ -34,39 +34,45 @@ async def turn():
     await asyncio.sleep(0)  # let the callbacks scheduled in this turn run
 
 
-async def test_head_and_body_written_in_one_turn_go_out_in_one_call():
+async def test_a_head_goes_out_with_the_body_written_after_it():
     inner = RecordingTransport()
     transport = CoalescingTransport(inner, asyncio.get_running_loop())
     transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
     transport.write(b"")  # empty writes are no-ops
-    transport.write(b'{"ok":true}')
     assert inner.calls == []
-    assert transport.get_write_buffer_size() == len(b"HTTP/1.1 200 OK\r\n\r\n") + 11
-    await turn()
+    assert transport.get_write_buffer_size() == len(b"HTTP/1.1 200 OK\r\n\r\n")
+    transport.write(b'{"ok":true}')
     assert inner.calls == [("writelines", [b"HTTP/1.1 200 OK\r\n\r\n", b'{"ok":true}'])]
-
-
-async def test_writes_of_later_turns_go_out_separately_and_in_order():
-    inner = RecordingTransport()
-    transport = CoalescingTransport(inner, asyncio.get_running_loop())
-    for chunk in (b"data: 1\n\n", b"data: 2\n\n"):
-        transport.write(chunk)
-        await turn()
-    assert inner.calls == [("write", b"data: 1\n\n"), ("write", b"data: 2\n\n")]
-
-
-async def test_close_flushes_first_and_abort_drops():
-    inner = RecordingTransport()
-    transport = CoalescingTransport(inner, asyncio.get_running_loop())
-    transport.write(b"last bytes")
-    transport.close()
-    assert inner.calls == [("write", b"last bytes")] and inner.closed
     await turn()
     assert len(inner.calls) == 1  # the scheduled flush finds nothing left
 
+
+async def test_a_stream_head_goes_out_at_the_end_of_its_turn_and_chunks_directly():
+    inner = RecordingTransport()
+    transport = CoalescingTransport(inner, asyncio.get_running_loop())
+    transport.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+    await turn()
+    assert inner.calls == [("write", b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")]
+    for chunk in (b"9\r\ndata: 1\n\n\r\n", b"9\r\ndata: 2\n\n\r\n"):
+        transport.write(chunk)
+    assert inner.calls[1:] == [
+        ("write", b"9\r\ndata: 1\n\n\r\n"),
+        ("write", b"9\r\ndata: 2\n\n\r\n"),
+    ]
+
+
+async def test_close_flushes_a_held_head_and_abort_drops_it():
+    inner = RecordingTransport()
+    transport = CoalescingTransport(inner, asyncio.get_running_loop())
+    transport.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+    transport.close()
+    assert inner.calls == [("write", b"HTTP/1.1 204 No Content\r\n\r\n")] and inner.closed
+    await turn()
+    assert len(inner.calls) == 1
+
     aborted = RecordingTransport()
     transport = CoalescingTransport(aborted, asyncio.get_running_loop())
-    transport.write(b"never sent")
+    transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
     transport.abort()
     await turn()
     assert aborted.calls == [] and aborted.closed

@@ -197,7 +197,21 @@ def _sum_column() -> Mapped[int]:
     return mapped_column(BigInteger, default=0, server_default=text("0"))
 
 
-class UsageDaily(Base):
+class RollupSums:
+    """The sums both daily rollups keep, named as in `ROLLUP_SUMS` (a mixin)."""
+
+    requests: Mapped[int] = _sum_column()
+    prompt_tokens: Mapped[int] = _sum_column()
+    completion_tokens: Mapped[int] = _sum_column()
+    cached_tokens: Mapped[int] = _sum_column()
+    reasoning_tokens: Mapped[int] = _sum_column()
+    total_tokens: Mapped[int] = _sum_column()
+    cost_pico: Mapped[int] = _sum_column()  # sum over priced requests only
+    unpriced_requests: Mapped[int] = _sum_column()
+    estimated_requests: Mapped[int] = _sum_column()
+
+
+class UsageDaily(RollupSums, Base):
     """Per-day rollup of usage_events, kept in the same transaction as the events.
 
     The key has no NULLs (so the unique constraint holds on every engine): key_id 0 means
@@ -220,18 +234,9 @@ class UsageDaily(Base):
     source: Mapped[str] = mapped_column(String(SOURCE_LEN))
     end_user: Mapped[str] = mapped_column(String(END_USER_LEN))
     upstream: Mapped[str] = mapped_column(String(UPSTREAM_LEN))
-    requests: Mapped[int] = _sum_column()
-    prompt_tokens: Mapped[int] = _sum_column()
-    completion_tokens: Mapped[int] = _sum_column()
-    cached_tokens: Mapped[int] = _sum_column()
-    reasoning_tokens: Mapped[int] = _sum_column()
-    total_tokens: Mapped[int] = _sum_column()
-    cost_pico: Mapped[int] = _sum_column()  # sum over priced requests only
-    unpriced_requests: Mapped[int] = _sum_column()
-    estimated_requests: Mapped[int] = _sum_column()
 
 
-class UsageDailyUser(Base):
+class UsageDailyUser(RollupSums, Base):
     """usage_daily summed over key, end user and upstream; kept in the same transaction.
 
     Reports that only group by and filter on user, model, day and source read this table:
@@ -250,15 +255,6 @@ class UsageDailyUser(Base):
     user_name: Mapped[str] = mapped_column(String(USER_LEN), primary_key=True)
     model: Mapped[str] = mapped_column(String(MODEL_LEN), primary_key=True)
     source: Mapped[str] = mapped_column(String(SOURCE_LEN), primary_key=True)
-    requests: Mapped[int] = _sum_column()
-    prompt_tokens: Mapped[int] = _sum_column()
-    completion_tokens: Mapped[int] = _sum_column()
-    cached_tokens: Mapped[int] = _sum_column()
-    reasoning_tokens: Mapped[int] = _sum_column()
-    total_tokens: Mapped[int] = _sum_column()
-    cost_pico: Mapped[int] = _sum_column()  # sum over priced requests only
-    unpriced_requests: Mapped[int] = _sum_column()
-    estimated_requests: Mapped[int] = _sum_column()
 
 
 class Meta(Base):
