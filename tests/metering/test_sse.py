@@ -1,6 +1,7 @@
 """The SSE usage scanner: event-aligned relay, usage, stripping, text, robustness."""
 
 import itertools
+import json
 from typing import Any
 
 import orjson
@@ -416,3 +417,16 @@ def test_oversized_event_is_forwarded_as_it_arrives_and_reading_resumes() -> Non
     assert scanner.usage == Usage(20, 16, 8, 4, 36, MODEL)
     assert scanner.saw_done
     assert scanner.events == 3
+
+
+def test_text_of_a_long_stream_is_read_in_bulk_and_in_order() -> None:
+    # Text is read lazily: past 64 KiB of held events, and when asked for. Both paths must
+    # give every piece, in order, exactly once.
+    pieces = [f"w{i} " for i in range(2000)]  # ~2000 events, well over 64 KiB
+    scanner = SSEUsageScanner("chat/completions", strip_usage_chunk=False)
+    for piece in pieces:
+        delta = json.dumps({"choices": [{"index": 0, "delta": {"content": piece}}]})
+        assert scanner.feed(f"data: {delta}\n\n".encode()) != b""
+    assert scanner.completion_text() == "".join(pieces)
+    assert scanner.text_bytes == len("".join(pieces))
+    assert scanner.completion_text() == "".join(pieces)  # asking twice changes nothing

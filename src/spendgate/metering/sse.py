@@ -40,6 +40,7 @@ _RESPONSES_DELTA_TYPE = re.compile(
 )
 _RESPONSES_DELTA = re.compile(rb'"delta"\s*:\s*' + _STRING, re.DOTALL)
 _RESPONSES_TERMINAL_TYPE = re.compile(rb'"type"\s*:\s*"response\.(?:completed|incomplete|failed)"')
+_UNREAD_LIMIT = 64 * 1024  # bytes of events held before their text is read anyway
 _RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
@@ -54,12 +55,14 @@ class SSEUsageScanner:
         "_skip_tail",
         "_skipping",
         "_strip",
+        "_text_bytes",
         "_text_full",
         "_text_limit",
         "_text_parts",
+        "_unread",
+        "_unread_bytes",
         "events",
         "saw_done",
-        "text_bytes",
         "usage",
     )
 
@@ -87,8 +90,11 @@ class SSEUsageScanner:
         """The stream ended properly: `data: [DONE]` or a terminal Responses event."""
         self.events = 0
         """Non-empty events read (an unterminated one read by `finish` included)."""
-        self.text_bytes = 0
-        """Bytes of generated text seen (JSON-escaped), including any beyond `text_limit`."""
+        self._text_bytes = 0
+        # Events whose text is not read yet: text is only needed when the usage never
+        # arrives, so it is read in bulk (at `_UNREAD_LIMIT` bytes, or when asked for).
+        self._unread: list[bytes] = []
+        self._unread_bytes = 0
 
     def feed(self, chunk: bytes) -> bytes:
         """Take the next upstream bytes; return the bytes to forward to the client now."""
@@ -146,8 +152,15 @@ class SSEUsageScanner:
         self._read_event(tail)
         return tail
 
+    @property
+    def text_bytes(self) -> int:
+        """Bytes of generated text seen (JSON-escaped), including any beyond `text_limit`."""
+        self._read_text()
+        return self._text_bytes
+
     def completion_text(self) -> str:
         """Return the generated text seen so far (at most `text_limit` bytes of it)."""
+        self._read_text()
         if not self._text_parts:
             return ""
         try:
@@ -185,15 +198,15 @@ class SSEUsageScanner:
         ) == _DONE:
             self.saw_done = True
             return True
-        # Generated text sits inside `choices`; skipping the envelope before it is cheaper.
-        choices_at = event.find(b'"choices"')
-        if choices_at >= 0:
-            pattern = _CHAT_TEXT if kind == "chat/completions" else _COMPLETIONS_TEXT
-            for raw in pattern.findall(event, choices_at):
-                self._keep_text(raw)
+        self._unread.append(event)
+        self._unread_bytes += len(event)
+        if self._unread_bytes > _UNREAD_LIMIT:
+            self._read_text()
         # `"usage"` is near the end of a chunk: look for it from there, and only decode the
         # event when the key's value is an object.
         at = event.rfind(_USAGE_KEY)
+        if at >= 0 and event.startswith(b":null", at + len(_USAGE_KEY)):
+            return True  # the common `"usage":null`, without the regex
         while at >= 0:
             value = _USAGE_VALUE.match(event, at + len(_USAGE_KEY))
             if value is not None:
@@ -234,11 +247,25 @@ class SSEUsageScanner:
             model = response.get("model")
             self.usage = usage_from_mapping(usage, model if isinstance(model, str) else None)
 
+    def _read_text(self) -> None:
+        """Find the generated text in the events held unread, in order, and keep it."""
+        if not self._unread:
+            return
+        pattern = _CHAT_TEXT if self._endpoint == "chat/completions" else _COMPLETIONS_TEXT
+        for event in self._unread:
+            # Generated text sits inside `choices`; skipping the envelope before it is cheaper.
+            choices_at = event.find(b'"choices"')
+            if choices_at >= 0:
+                for raw in pattern.findall(event, choices_at):
+                    self._keep_text(raw)
+        self._unread = []
+        self._unread_bytes = 0
+
     def _keep_text(self, raw: bytes) -> None:
-        self.text_bytes += len(raw)
+        self._text_bytes += len(raw)
         if self._text_full:
             return
-        if self.text_bytes > self._text_limit:
+        if self._text_bytes > self._text_limit:
             self._text_full = True
             return
         self._text_parts.append(raw)
