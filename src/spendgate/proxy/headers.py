@@ -92,17 +92,5 @@ def client_headers(upstream: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes,
 
 
 def client_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-    """The gateway key from `Authorization: Bearer`, `api-key` or `x-api-key`."""
-    bearer = api_key = x_api_key = None
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered == b"authorization":
-            scheme, _, token = value.partition(b" ")
-            if scheme.lower() == b"bearer" and token.strip():
-                bearer = token.strip()
-        elif lowered == b"api-key":
-            api_key = value.strip()
-        elif lowered == b"x-api-key":
-            x_api_key = value.strip()
-    found = bearer or api_key or x_api_key
-    return found.decode("latin-1") if found else None
+    """The gateway key from `Authorization: Bearer`, else `api-key`, else `x-api-key`."""
+    return read_request_headers(headers, ()).key
