@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import http.client
 import json
-import os
 import platform
 import secrets
 import shlex
@@ -38,11 +37,11 @@ from alembic.script import ScriptDirectory
 
 import ledger_seed
 from procs import LOOPBACK, BenchError, Server, free_port
-from run import machine
-from spendgate.config import Settings
+from run import loadavg, machine
 from spendgate.keys.material import display_key, hash_key, new_key
 from spendgate.ledger.engine import alembic_config, create_engine, sqlite_url_for_path, upgrade
 from spendgate.ledger.store import Store
+from targets import clean_env, start_fake
 from wrk import WrkResult, run_wrk, wrk_version
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -198,27 +197,6 @@ class Gateway:
     def kill(self) -> None:
         self.server.kill()
         self.fake.kill()
-
-
-def clean_env() -> dict[str, str]:
-    """This environment minus every variable spendgate's settings would read."""
-    names = {"SPENDGATE_CONFIG"}
-    for info in Settings.model_fields.values():
-        names.update(c for c in getattr(info.validation_alias, "choices", ()) if isinstance(c, str))
-    upper = {name.upper() for name in names}
-    return {k: v for k, v in os.environ.items() if k.upper() not in upper}
-
-
-def start_fake(work: Path, name: str) -> tuple[Server, str]:
-    """A fake upstream on a free loopback port; returns it and its base URL (".../v1")."""
-    argv = [sys.executable, "-m", "spendgate.fake_upstream", "--host", LOOPBACK, "--port", "0"]
-    server = Server(name, argv, work, env=clean_env(), cwd=work)
-    try:
-        line = server.wait_for_line("fake upstream on ")
-    except BaseException:
-        server.kill()
-        raise
-    return server, line.split("fake upstream on ", 1)[1].strip()
 
 
 def start_gateway(work: Path, name: str, db: Path, keys: Keys, events: int) -> Gateway:
@@ -434,10 +412,6 @@ def _fake_stats(base: str) -> dict[str, int]:
 
 
 # the report
-
-
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 @dataclass

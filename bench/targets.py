@@ -111,7 +111,7 @@ def start_fake(work: Path, name: str) -> tuple[Server, str]:
     """A fake upstream on a free loopback port; returns it and its base URL (".../v1")."""
     argv = [sys.executable, "-m", "spendgate.fake_upstream", "--host", LOOPBACK, "--port", "0"]
     ready = "fake upstream on "
-    server, line = start_server(name, argv, work, ready=ready, env=_clean_env(), cwd=work)
+    server, line = start_server(name, argv, work, ready=ready, env=clean_env(), cwd=work)
     return server, line.split("fake upstream on ", 1)[1].strip()
 
 
@@ -149,7 +149,7 @@ def start_passthrough(work: Path) -> Running:
         key, port = f"sk-bench-{secrets.token_hex(12)}", free_port()
         argv = [sys.executable, str(BENCH_DIR / "passthrough.py"), "--host", LOOPBACK]
         argv += ["--port", str(port), "--upstream", upstream_base]
-        env = _clean_env() | {
+        env = clean_env() | {
             "BENCH_PASSTHROUGH_KEY": key,
             "BENCH_PASSTHROUGH_UPSTREAM_KEY": UPSTREAM_KEY,
         }
@@ -187,7 +187,7 @@ def start_litellm(work: Path) -> Running:
 
     def launch(upstream_base: str) -> tuple[Server, str, str]:
         server, base_url, master_key = start_litellm_server(
-            work, "litellm", upstream_base, _clean_env()
+            work, "litellm", upstream_base, clean_env()
         )
         return server, base_url, f"Bearer {master_key}"
 
@@ -227,7 +227,7 @@ def _start_spendgate(work: Path, name: str, database_url: str, *, limited: bool)
     def launch(upstream_base: str) -> tuple[Server, str, str]:
         port = free_port()
         env = (
-            _clean_env()
+            clean_env()
             | _limits_env()
             | {
                 "SPENDGATE_DATABASE_URL": database_url,
@@ -283,7 +283,7 @@ TARGETS: list[TargetDef] = [
 ]
 
 
-def _clean_env() -> dict[str, str]:
+def clean_env() -> dict[str, str]:
     """This environment minus every variable spendgate's settings would read."""
     names = {"SPENDGATE_CONFIG"}
     for info in Settings.model_fields.values():
