@@ -162,7 +162,8 @@ class _Collector(Collector):
 def _counter(
     name: str, labels: Sequence[str], values: Mapping[Any, int | float]
 ) -> CounterMetricFamily:
+    """A counter family from a map of label-value tuples to values."""
     family = CounterMetricFamily(name, METRIC_DOCS[f"{name}_total"], labels=labels)
     for key, value in values.items():
-        family.add_metric(key if isinstance(key, tuple) else (key,), value)
+        family.add_metric(key, value)
     return family

@@ -232,23 +232,8 @@ class LedgerWriter:
         self._waiters = []
 
 
-_EVENT_COLUMNS = (
-    "request_id", "ts", "day", "user_name", "key_id", "key_display", "model",
-    "requested_model", "endpoint", "method", "status", "stream", "prompt_tokens",
-    "completion_tokens", "cached_tokens", "reasoning_tokens", "total_tokens", "cost_pico",
-    "latency_ms", "estimated", "source", "end_user", "upstream", "error_code",
-)  # fmt: skip
-
-
-_STRING_LIMITS = tuple(
-    (index, column.type.length)
-    for index, column in enumerate(_EVENTS.c[name] for name in _EVENT_COLUMNS)
-    if isinstance(column.type, String) and column.type.length and column.name != "request_id"
-)
-
-
 class _Row(NamedTuple):
-    """One usage_events row in `_EVENT_COLUMNS` order."""
+    """One usage_events row: its fields are the columns written, in INSERT order."""
 
     request_id: str
     ts: datetime
@@ -274,6 +259,14 @@ class _Row(NamedTuple):
     end_user: str | None
     upstream: str | None
     error_code: str | None
+
+
+_EVENT_COLUMNS = _Row._fields  # the usage_events columns the writer fills, in order
+_STRING_LIMITS = tuple(
+    (index, column.type.length)
+    for index, column in enumerate(_EVENTS.c[name] for name in _EVENT_COLUMNS)
+    if isinstance(column.type, String) and column.type.length and column.name != "request_id"
+)
 
 
 class Statements:
