@@ -101,6 +101,35 @@ class Settings(BaseSettings):
         validation_alias=_env("SPENDGATE_REDIS_URL"),
         description="Redis URL for shared limits across instances; none keeps limits in process.",
     )
+    redis_prefix: str = Field(
+        "spendgate",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        validation_alias=_env("SPENDGATE_REDIS_PREFIX"),
+        description="Prefix of every Redis key and channel (several deployments on one Redis).",
+    )
+    redis_max_connections: int = Field(
+        64,
+        gt=0,
+        validation_alias=_env("SPENDGATE_REDIS_MAX_CONNECTIONS"),
+        description="Redis connections per process; a request waits for a free one.",
+    )
+    redis_timeout_seconds: float = Field(
+        2.0,
+        gt=0,
+        validation_alias=_env("SPENDGATE_REDIS_TIMEOUT_SECONDS"),
+        description="How long a Redis call (or the wait for a connection) may take.",
+    )
+    redis_limits_on_error: Literal["fail_open", "fail_closed"] = Field(
+        "fail_open",
+        validation_alias=_env("SPENDGATE_REDIS_LIMITS_ON_ERROR"),
+        description="Redis down: admit requests without rate limits, or refuse them (503).",
+    )
+    redis_budgets_on_error: Literal["fail_open", "fail_closed"] = Field(
+        "fail_closed",
+        validation_alias=_env("SPENDGATE_REDIS_BUDGETS_ON_ERROR"),
+        description="Redis down: refuse requests under a budget or credits (503), or admit them.",
+    )
     pricing_file: Path | None = Field(
         None,
         validation_alias=_env("SPENDGATE_PRICING_FILE"),

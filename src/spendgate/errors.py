@@ -12,6 +12,7 @@
     ├── RequestTooLarge         413 request_too_large
     ├── RateLimitExceeded       429 rate_limit_exceeded  (+ Retry-After, x-ratelimit-*)
     ├── UpstreamUnavailable     502 upstream_unavailable
+    ├── LimitsUnavailable       503 limits_unavailable   (Redis down, limits set to fail_closed)
     ├── UpstreamTimeout         504 upstream_timeout
     └── FrameworkHTTPError      any invalid_request / internal_error  (405 and kin)
 
@@ -116,6 +117,12 @@ class RateLimitExceeded(GatewayError):
 class UpstreamUnavailable(GatewayError):
     status = 502
     code = "upstream_unavailable"
+    type = "server_error"
+
+
+class LimitsUnavailable(GatewayError):
+    status = 503
+    code = "limits_unavailable"
     type = "server_error"
 
 

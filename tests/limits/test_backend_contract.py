@@ -6,12 +6,15 @@ exact and nothing sleeps. A backend joins the suite by adding one factory to `FA
 """
 
 import asyncio
+import os
 import random
-from collections.abc import Callable, Sequence
-from datetime import date, timedelta
+import secrets
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import date, datetime, timedelta
 from typing import Protocol
 
 import pytest
+from redis.asyncio import Redis
 
 from spendgate.limits.backend import (
     Baseline,
@@ -26,6 +29,7 @@ from spendgate.limits.backend import (
 )
 from spendgate.limits.gcra import Rate
 from spendgate.limits.memory import MemoryBackend
+from spendgate.limits.redis import RedisBackend
 
 SECOND = 10**9
 MINUTE = 60 * SECOND
@@ -34,7 +38,7 @@ EPOCH = date(1970, 1, 1)
 TODAY = date(2025, 3, 14)
 TTL_NS = 30 * SECOND
 USER = "user:alice"
-KEY = "key:k1"
+KEY = "key:1@alice"  # a key scope names its user (the Redis hash tag)
 
 
 def start_of(day: date) -> int:
@@ -83,14 +87,64 @@ class FakeBaseline:
         return self.values.get((scope, since), 0)
 
 
-BackendFactory = Callable[[Baseline, int, Callable[[], int]], LimitBackend]
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
-def memory_backend(baseline: Baseline, ttl_ns: int, clock: Callable[[], int]) -> LimitBackend:
+async def require_redis() -> None:
+    """Skip (fail under CI=true) when the test Redis does not answer."""
+    url = os.environ.get("SPENDGATE_TEST_REDIS_URL", REDIS_URL)
+    client = Redis.from_url(url)
+    try:
+        await client.ping()
+    except Exception as error:
+        reason = f"redis server not usable at {url}: {type(error).__name__}: {error}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    finally:
+        await client.aclose()
+
+
+class Servers:
+    """Server connections a test opened; closed (and their keys deleted) after it."""
+
+    def __init__(self) -> None:
+        self.redis: list[tuple[Redis, str]] = []
+
+    def redis_client(self) -> tuple[Redis, str]:
+        """A client and a key prefix of this test's own."""
+        client = Redis.from_url(os.environ.get("SPENDGATE_TEST_REDIS_URL", REDIS_URL))
+        prefix = f"sgtest-{secrets.token_hex(4)}"
+        self.redis.append((client, prefix))
+        return client, prefix
+
+
+BackendFactory = Callable[[Baseline, int, Callable[[], int], Servers], LimitBackend]
+
+
+def memory_backend(
+    baseline: Baseline, ttl_ns: int, clock: Callable[[], int], _servers: Servers
+) -> LimitBackend:
     return MemoryBackend(baseline, reservation_ttl_ns=ttl_ns, clock=clock)
 
 
-FACTORIES = [pytest.param(memory_backend, id="memory")]
+def redis_backend(
+    baseline: Baseline, ttl_ns: int, clock: Callable[[], int], servers: Servers
+) -> LimitBackend:
+    client, prefix = servers.redis_client()
+
+    async def history(scope: str, since: date | None, _before: datetime) -> int:
+        return await baseline(scope, since)  # the fake ledger: all of it is "before"
+
+    return RedisBackend(
+        client, history, prefix=prefix, reservation_ttl_ns=ttl_ns, settle_ns=0, clock=clock
+    )
+
+
+FACTORIES = [
+    pytest.param(memory_backend, id="memory"),
+    pytest.param(redis_backend, id="redis", marks=pytest.mark.services),
+]
 
 
 class MakeBackend(Protocol):
@@ -107,15 +161,27 @@ def baseline() -> FakeBaseline:
     return FakeBaseline()
 
 
+@pytest.fixture
+async def servers() -> AsyncIterator[Servers]:
+    opened = Servers()
+    yield opened
+    for client, prefix in opened.redis:
+        async for key in client.scan_iter(match=f"{prefix}:*"):
+            await client.delete(key)
+        await client.aclose()
+
+
 @pytest.fixture(params=FACTORIES)
-def make_backend(
-    request: pytest.FixtureRequest, clock: FakeClock, baseline: FakeBaseline
+async def make_backend(
+    request: pytest.FixtureRequest, clock: FakeClock, baseline: FakeBaseline, servers: Servers
 ) -> MakeBackend:
     """Builds a backend of the parametrised kind on the test's clock and baseline."""
     factory: BackendFactory = request.param
+    if factory is redis_backend:
+        await require_redis()
 
     def make(ttl_ns: int = TTL_NS) -> LimitBackend:
-        return factory(baseline, ttl_ns, clock)
+        return factory(baseline, ttl_ns, clock, servers)
 
     return make
 
@@ -347,6 +413,7 @@ async def test_settled_spend_alone_can_reach_the_cap(
 ) -> None:
     baseline.values[(USER, TODAY)] = 600
     rule = budget(USER, 1_000)
+    assert await backend.spent(USER, TODAY) == 600  # counting starts (see the protocol)
     await backend.commit(Grant(), [], [USER], 0, 399)
     granted(await backend.acquire([], [rule], 0))
     await backend.commit(Grant(), [], [USER], 0, 1)
@@ -587,6 +654,7 @@ async def test_spend_counts_in_the_period_of_the_day_it_was_committed(
 ) -> None:
     clock.now_ns = start_of(TODAY + timedelta(days=1)) - 1  # the last nanosecond of TODAY
     day = utc_day(clock())
+    assert await backend.spent(USER, day) == 0  # counting starts (see the protocol)
     await backend.commit(Grant(), [], [USER], 0, 100)
     assert await backend.spent(USER, day) == 100
     clock.advance(1)  # UTC midnight
@@ -610,6 +678,7 @@ async def test_new_period_adds_its_own_baseline(
     next_day = day + timedelta(days=1)
     baseline.values[(USER, day)] = 400
     baseline.values[(USER, next_day)] = 0
+    assert await backend.spent(USER, day) == 400  # counting starts (see the protocol)
     await backend.commit(Grant(), [], [USER], 0, 100)
     assert await backend.spent(USER, day) == 500
     clock.now_ns = start_of(next_day)

@@ -323,7 +323,7 @@ async def test_one_refusal_consumes_none_of_the_other_limits() -> None:
         with pytest.raises(RateLimitExceeded):
             await policy.admit(who, chat())
     states = {state.rule.key: state.remaining for state in await policy.limit_states(who)}
-    assert states == {"user:ann:requests_per_minute": 9, "key:7:requests_per_day": 0}
+    assert states == {"user:ann:requests_per_minute": 9, "key:7@ann:requests_per_day": 0}
 
 
 async def test_a_budget_refusal_consumes_no_request_limit() -> None:

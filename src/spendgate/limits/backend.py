@@ -6,6 +6,10 @@ A backend keeps three kinds of state and changes them atomically:
   from the ledger (what was spent before the backend began counting);
 - open reservations per scope, each with an expiry so a vanished request cannot leak one.
 
+A backend counts a scope's spend from the first time it sees the scope (the in-process one:
+from its creation); the baseline covers what came before. A commit to a scope never seen
+may be left to the baseline, since its ledger row is written before the commit.
+
 `acquire` checks every rule of a request together and either takes them all (request
 limits charged, worst-case cost reserved) or takes nothing. `commit` replaces the
 reservation with the real cost and charges the real token count. The in-process backend
@@ -67,6 +71,7 @@ class Grant:
     states: list[RateState] = field(default_factory=list)
     reservation: int | None = None  # reservation id, None when nothing was reserved
     reserved_pico: int = 0
+    scopes: tuple[str, ...] = ()  # where it was reserved (for backends that need telling)
 
 
 @dataclass(slots=True)

@@ -6,9 +6,9 @@ that is admitted reserves its worst-case cost (prompt bytes as tokens at the inp
 plus its max-token bound, or the configured default, at the output price) on every
 budget and balance it is subject to; `settle` replaces that with the real cost.
 
-Scopes name what a counter belongs to: `user:NAME` and `key:ID`. Every settled cost is
-recorded on both, whether or not they have a budget now, so a budget set later starts
-from the exact spend.
+Scopes name what a counter belongs to: `user:NAME` and `key:ID@NAME` (the key's user).
+Every settled cost is recorded on both, whether or not they have a budget now, so a budget
+set later starts from the exact spend.
 """
 
 import time
@@ -40,9 +40,9 @@ def user_scope(name: str) -> str:
     return f"user:{name}"
 
 
-def key_scope(key_id: int) -> str:
-    """The counter scope of a key."""
-    return f"key:{key_id}"
+def key_scope(key_id: int, owner: str) -> str:
+    """The counter scope of a key; it names the key's user, whose counters it sits beside."""
+    return f"key:{key_id}@{owner}"
 
 
 def rate_rules(scope: str, limits: dict[str, int]) -> list[RateRule]:
@@ -200,12 +200,12 @@ class LimitPolicy:
             return rules
         user, key = principal.user, principal.key
         rates = rate_rules(user_scope(user.name), user.limits)
-        rates += rate_rules(key_scope(key.id), key.limits)
+        rates += rate_rules(key_scope(key.id, user.name), key.limits)
         rules = _Rules(
             principal=principal,
             rates=rates,
             token_rates=[rule for rule in rates if rule.unit == "tokens"],
-            scopes=(user_scope(user.name), key_scope(key.id)),
+            scopes=(user_scope(user.name), key_scope(key.id, user.name)),
         )
         if len(self._rules) >= 100_000:
             self._rules.clear()
@@ -284,7 +284,7 @@ def _spend_rules(principal: Principal, today: date) -> list[SpendRule]:
                                _since(period, today)))  # fmt: skip
     if key.budget_usd is not None:
         period = key.budget_period or "monthly"
-        rules.append(SpendRule(key_scope(key.id), "budget", usd_to_pico(key.budget_usd),
+        rules.append(SpendRule(key_scope(key.id, user.name), "budget", usd_to_pico(key.budget_usd),
                                _since(period, today)))  # fmt: skip
     if user.credit_usd is not None:
         rules.append(SpendRule(user_scope(user.name), "credits", usd_to_pico(user.credit_usd),
