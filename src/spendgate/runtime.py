@@ -3,14 +3,20 @@
 import logging
 from datetime import UTC, datetime
 
+from redis.asyncio import BlockingConnectionPool, Redis
+
 from spendgate.config import ConfigError, Settings
+from spendgate.keys.broadcast import KeyChanges
 from spendgate.keys.principals import PrincipalCache
 from spendgate.ledger.engine import create_engine, normalize_database_url, upgrade
 from spendgate.ledger.store import AccountDefaults, Store
 from spendgate.ledger.writer import LedgerWriter
-from spendgate.limits.baseline import ledger_baseline
+from spendgate.limits.backend import LimitBackend
+from spendgate.limits.baseline import ledger_baseline, ledger_history
 from spendgate.limits.memory import MemoryBackend
+from spendgate.limits.outage import OutageGuard
 from spendgate.limits.policy import LimitPolicy
+from spendgate.limits.redis import RedisBackend
 from spendgate.metering.estimate import TokenEstimator
 from spendgate.metering.pricing import PriceBook, PricingConfigError, load_overrides
 from spendgate.metrics import GatewayMetrics
@@ -43,8 +49,16 @@ class Runtime:
             max_queue=settings.write_queue_max,
             on_written=self.metrics.written,
         )
+        self.redis = open_redis(settings) if settings.redis_url else None
+        self.key_changes = (
+            KeyChanges(self.redis, f"{settings.redis_prefix}:key-changes", self._keys_changed)
+            if self.redis is not None
+            else None
+        )
         self.principals = PrincipalCache(
-            self.store, refresh_seconds=settings.principal_refresh_seconds
+            self.store,
+            refresh_seconds=settings.principal_refresh_seconds,
+            announce=self.key_changes.publish if self.key_changes is not None else None,
         )
         api_key = (
             settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
@@ -60,10 +74,26 @@ class Runtime:
             read_timeout=settings.upstream_timeout,
             max_connections=settings.upstream_max_connections,
         )
-        backend = MemoryBackend(
-            ledger_baseline(self.engine, started=datetime.now(UTC)),
-            reservation_ttl_ns=int(settings.reservation_ttl_seconds * 1e9),
-        )
+        self.guard: OutageGuard | None = None
+        backend: LimitBackend
+        if self.redis is None:
+            backend = MemoryBackend(
+                ledger_baseline(self.engine, started=datetime.now(UTC)),
+                reservation_ttl_ns=int(settings.reservation_ttl_seconds * 1e9),
+            )
+        else:
+            backend = self.guard = OutageGuard(
+                RedisBackend(
+                    self.redis,
+                    ledger_history(self.engine),
+                    prefix=settings.redis_prefix,
+                    reservation_ttl_ns=int(settings.reservation_ttl_seconds * 1e9),
+                    # rows settled just before counting began are written within this
+                    settle_ns=(3 * settings.flush_interval_ms + 500) * 1_000_000,
+                ),
+                limits_fail_open=settings.redis_limits_on_error == "fail_open",
+                budgets_fail_open=settings.redis_budgets_on_error == "fail_open",
+            )
         self.limits = LimitPolicy(
             backend, self.prices, default_max_tokens=settings.default_max_tokens
         )
@@ -75,6 +105,8 @@ class Runtime:
         await upgrade(self.engine)
         self.writer.start()
         await self.principals.start()
+        if self.key_changes is not None:
+            await self.key_changes.start()
         await self.upstream.open()
 
     async def stop(self) -> None:
@@ -82,8 +114,29 @@ class Runtime:
         await self.drains.wait()
         await self.writer.stop()
         await self.principals.stop()
+        if self.key_changes is not None:
+            await self.key_changes.stop()
+        if self.guard is not None:
+            await self.guard.close()
+        if self.redis is not None:
+            await self.redis.aclose()
         await self.upstream.close()
         await self.engine.dispose()
+
+    def _keys_changed(self) -> None:
+        self.principals.invalidate()
+
+
+def open_redis(settings: Settings) -> "Redis":
+    """The Redis client: a bounded pool where a caller waits for a free connection."""
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url or "",
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_timeout_seconds,  # the wait for a free connection
+        socket_timeout=settings.redis_timeout_seconds,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+    )
+    return Redis.from_pool(pool)
 
 
 def account_defaults(settings: Settings) -> AccountDefaults:

@@ -52,7 +52,7 @@ async def create_key(body: KeyCreate, runtime: RuntimeDep) -> ExactJSONResponse:
         budget_period=body.budget_period,
         limits=body.limits.as_dict() if body.limits else None,
     )
-    runtime.principals.invalidate()
+    await runtime.principals.changed()
     return ExactJSONResponse({**key_json(record), "key": key}, status_code=201)
 
 
@@ -67,7 +67,7 @@ async def revoke_key(id_or_key: str, runtime: RuntimeDep) -> ExactJSONResponse:
     """Revoke a key; new requests with it are refused at once."""
     record = await find_key(runtime, id_or_key)
     revoked = await runtime.store.revoke_key(record.id)
-    runtime.principals.invalidate()
+    await runtime.principals.changed()
     return ExactJSONResponse(key_json(revoked or record))
 
 
@@ -82,5 +82,5 @@ async def update_key(key_id: int, body: KeyPatch, runtime: RuntimeDep) -> ExactJ
     record = await runtime.store.update_key(key_id, **fields)
     if record is None:
         raise NotFound("No such key.")
-    runtime.principals.invalidate()
+    await runtime.principals.changed()
     return ExactJSONResponse(key_json(record))

@@ -30,7 +30,7 @@ async def create_user(body: UserCreate, runtime: RuntimeDep) -> ExactJSONRespons
         budget_period=body.budget_period,
         limits=body.limits.as_dict() if body.limits else None,
     )
-    runtime.principals.invalidate()
+    await runtime.principals.changed()
     return ExactJSONResponse(await render_user(runtime, user), status_code=201)
 
 
@@ -61,7 +61,7 @@ async def update_user(name: str, body: UserPatch, runtime: RuntimeDep) -> ExactJ
     user = await runtime.store.update_user(name, **fields)
     if user is None:
         raise NotFound(f"No user named {name!r}.")
-    runtime.principals.invalidate()
+    await runtime.principals.changed()
     return ExactJSONResponse(await render_user(runtime, user))
 
 
@@ -73,7 +73,7 @@ async def add_credit(name: str, body: CreditChange, runtime: RuntimeDep) -> Exac
     )
     if user is None:
         raise NotFound(f"No user named {name!r}.")
-    runtime.principals.invalidate()
+    await runtime.principals.changed()
     return ExactJSONResponse({"name": user.name, "balance_usd": await runtime.limits.balance(user)})
 
 

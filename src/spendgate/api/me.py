@@ -44,7 +44,9 @@ async def me(principal: PrincipalDep, runtime: RuntimeDep) -> ExactJSONResponse:
         "total": pico_to_usd(await backend.spent(scope, None)),
     }
     user_budget = await policy.budget_view(scope, user.budget_usd, user.budget_period)
-    key_budget = await policy.budget_view(key_scope(key.id), key.budget_usd, key.budget_period)
+    key_budget = await policy.budget_view(
+        key_scope(key.id, user.name), key.budget_usd, key.budget_period
+    )
     limits: dict[str, dict[str, Any]] = {}
     for state in await policy.limit_states(principal):
         name = state.rule.name

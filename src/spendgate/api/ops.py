@@ -11,21 +11,31 @@ router = APIRouter(tags=["operations"])
 
 @router.get("/health")
 async def health(runtime: RuntimeDep) -> JSONResponse:
-    """200 when the database answers; 503 naming the part that is down otherwise."""
+    """200 when the database (and Redis, if used) answer; 503 naming the part that is down."""
     try:
         await runtime.store.ping()
         database = "ok"
     except Exception:  # any failure to reach the database is "down", whatever the driver
         database = "down"
+    redis = "off"
+    if runtime.redis is not None:
+        try:
+            await runtime.redis.ping()
+            redis = "ok"
+        except Exception:  # refused, timed out, pool exhausted: all "down"
+            redis = "down"
     writer = runtime.writer
+    healthy = database == "ok" and redis != "down"
     body = {
-        "status": "ok" if database == "ok" else "degraded",
+        "status": "ok" if healthy else "degraded",
         "database": database,
-        "redis": "off",
+        "redis": redis,
         "write_queue": writer.queue_depth,
         "writer_last_error": writer.last_error,
     }
-    return JSONResponse(body, status_code=200 if database == "ok" else 503)
+    if runtime.guard is not None:
+        body["limits_backlog"] = runtime.guard.backlog
+    return JSONResponse(body, status_code=200 if healthy else 503)
 
 
 @router.get("/ping", response_class=PlainTextResponse)

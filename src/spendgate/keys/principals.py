@@ -1,19 +1,22 @@
 """The principal cache: key hash → (key, user), so the steady state reads no database.
 
 Invalidation has two paths. Changes made through this process (admin API revoke, PATCH)
-call `invalidate()` at once. Changes made by another process (the CLI, another instance)
-bump `meta.principal_generation` in the same transaction; a background task reads that one
-integer every `refresh_seconds` and drops the cache when it moved, so a revoke anywhere is
-effective here within that interval. Unknown keys are remembered briefly too, so a flood of
-bad keys cannot turn into a flood of database reads.
+call `changed()`, which drops the cache at once and, with Redis, tells every other instance
+through pub/sub (`keys/broadcast.py`). Every change, wherever made (the CLI, another
+instance), also bumps `meta.principal_generation` in the same transaction; a background
+task reads that one integer every `refresh_seconds` and drops the cache when it moved, so a
+revoke anywhere is effective here within that interval even without Redis. Unknown keys
+are remembered briefly too, so a flood of bad keys cannot turn into a flood of database
+reads.
 """
 
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from spendgate.errors import InvalidAPIKey
 from spendgate.keys.material import hash_key
@@ -41,14 +44,17 @@ class PrincipalCache:
         *,
         refresh_seconds: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
+        announce: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
+        self._announce = announce
         self._refresh_seconds = refresh_seconds
         self._clock = clock
         self._entries: dict[str, Principal] = {}
         self._misses: dict[str, float] = {}
         self._generation = -1
         self._task: asyncio.Task[None] | None = None
+        self._lookups: dict[str, asyncio.Future[tuple[KeyRecord, UserRecord] | None]] = {}
 
     async def authenticate(self, key: str | None) -> Principal:
         """The principal for `key`, or `InvalidAPIKey` if missing, unknown, revoked or expired."""
@@ -65,7 +71,14 @@ class PrincipalCache:
         missed_at = self._misses.get(digest)
         if missed_at is not None and self._clock() - missed_at < self._refresh_seconds:
             raise InvalidAPIKey("Invalid API key.")
-        found = await self._store.find_key_by_hash(digest)
+        # One database read per key however many requests bring it at once (a new key
+        # under load, or every key after an invalidation).
+        lookup = self._lookups.get(digest)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._store.find_key_by_hash(digest))
+            self._lookups[digest] = lookup
+            lookup.add_done_callback(lambda done: self._looked_up(digest, done))
+        found = await asyncio.shield(lookup)
         if found is None:
             if len(self._misses) >= _MAX_MISSES:
                 self._misses.clear()
@@ -77,10 +90,21 @@ class PrincipalCache:
         self._entries[digest] = principal
         return principal
 
+    def _looked_up(self, digest: str, done: "asyncio.Future[Any]") -> None:
+        self._lookups.pop(digest, None)
+        if not done.cancelled():
+            done.exception()  # seen here; the callers waiting re-raise it themselves
+
     def invalidate(self) -> None:
-        """Forget every cached principal (after any change to users or keys)."""
+        """Forget every cached principal here."""
         self._entries.clear()
         self._misses.clear()
+
+    async def changed(self) -> None:
+        """After a change to users or keys: forget them here and tell the other instances."""
+        self.invalidate()
+        if self._announce is not None:
+            await self._announce()
 
     async def start(self) -> None:
         """Read the current generation and start watching it."""
