@@ -1,5 +1,6 @@
 """Database URLs, engine set-up and migrations on every backend."""
 
+import asyncio
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -160,3 +161,17 @@ def test_a_database_at_head_starts_without_loading_alembic(tmp_path: Path) -> No
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "[]", result.stderr
+
+
+async def test_instances_starting_together_migrate_once(backend: str, database_url: str) -> None:
+    if backend == "sqlite":
+        pytest.skip("one file, one writer: SQLite instances share a host and start in turn")
+    engines = [create_engine(database_url) for _ in range(3)]
+    try:
+        await asyncio.gather(*(upgrade(engine) for engine in engines))
+        async with engines[0].connect() as conn:
+            version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
+    finally:
+        for engine in engines:
+            await engine.dispose()
+    assert [tuple(row) for row in version] == [(SCHEMA_HEAD,)]

@@ -17,6 +17,8 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # gateway ~15 MB of memory for the life of the process.
 SCHEMA_HEAD = "0003"
 
+_MIGRATION_LOCK = 0x5E4D6A7E  # PostgreSQL advisory lock id for "spendgate migrates"
+
 # scheme as users write it -> the async driver form the engine needs
 _SCHEMES = {
     "sqlite": "sqlite+aiosqlite",
@@ -110,11 +112,25 @@ def schema_revision(connection: Connection) -> str | None:
 
 
 async def upgrade(engine: AsyncEngine) -> None:
-    """Migrate the database to the newest schema revision (nothing to do: no Alembic)."""
+    """Migrate the database to the newest schema revision (nothing to do: no Alembic).
+
+    Several instances starting together on one server database take turns: the first
+    migrates under a database lock, the others find the schema at head once they get it.
+    """
     async with engine.begin() as conn:
         if await conn.run_sync(schema_revision) == SCHEMA_HEAD:
             return
-        await conn.run_sync(_upgrade_to_head)
+        backend = conn.dialect.name
+        if backend == "postgresql":  # held until this transaction ends
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK})
+        elif backend == "mysql":
+            await conn.execute(text("SELECT GET_LOCK('spendgate_migrate', 300)"))
+        try:
+            if await conn.run_sync(schema_revision) != SCHEMA_HEAD:
+                await conn.run_sync(_upgrade_to_head)
+        finally:
+            if backend == "mysql":
+                await conn.execute(text("SELECT RELEASE_LOCK('spendgate_migrate')"))
 
 
 def upgrade_sync(url: str) -> None:
