@@ -1,7 +1,12 @@
-"""Shared fixtures: a real fake upstream and real gateways on loopback sockets."""
+"""Shared fixtures: a real fake upstream, real gateways on loopback sockets, real servers.
+
+Gateway tests marked `pytest.mark.matrix` run once per stack (tests/stacks.py); the servers
+behind the stacks and the ledger tests are in tests/services.py.
+"""
 
 import asyncio
 import contextlib
+import secrets
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -18,6 +23,8 @@ from spendgate.config import Settings, load_settings
 from spendgate.fake_upstream import FakeUpstream
 from spendgate.keys.material import display_key, hash_key, new_key
 from spendgate.server import uvicorn_config
+from tests.services import RedisServer, ServerDatabases, wipe_database
+from tests.stacks import DEFAULT, STACKS, Stack, stack_params
 from tests.support import ADMIN_TOKEN, UPSTREAM_KEY
 
 
@@ -67,6 +74,7 @@ class Gateway:
 
 @pytest.fixture(scope="session")
 async def fake_upstream() -> AsyncIterator[FakeUpstream]:
+    """One fake upstream on a loopback port for the whole session."""
     fake = FakeUpstream()
     await fake.start("127.0.0.1", 0)
     yield fake
@@ -81,7 +89,11 @@ def upstream(fake_upstream: FakeUpstream) -> FakeUpstream:
 
 
 def gateway_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    """Settings isolated from the machine's .env files."""
+    """Settings isolated from the machine's .env files; an override naming no setting raises."""
+    # Settings ignores unknown fields, so a misspelt override would silently do nothing.
+    unknown = {name for name in overrides if not name.startswith("_")} - set(Settings.model_fields)
+    if unknown:
+        raise TypeError(f"Settings has no field {', '.join(sorted(unknown))}")
     values: dict[str, Any] = {
         "_env_file": None,
         "database_url": f"sqlite:///{tmp_path}/ledger.db",
@@ -121,21 +133,76 @@ async def running_gateway(settings: Settings) -> AsyncIterator[Gateway]:
         sock.close()
 
 
+@pytest.fixture(scope="session")
+async def server_databases() -> AsyncIterator[ServerDatabases]:
+    """Scratch databases created on first use, dropped at the end of the session."""
+    databases = ServerDatabases()
+    yield databases
+    await databases.drop_all()
+
+
+@pytest.fixture(scope="session")
+async def redis_server() -> AsyncIterator[RedisServer]:
+    """The Redis server, pinged on first use; its client is closed at the end of the session."""
+    server = RedisServer()
+    yield server
+    await server.close()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run gateway tests marked `matrix` once per stack: all, or those the marker names."""
+    marker = metafunc.definition.get_closest_marker("matrix")
+    if marker is not None and "stack" in metafunc.fixturenames:
+        stacks = marker.args[0] if marker.args else STACKS
+        metafunc.parametrize("stack", stack_params(stacks), indirect=True)
+
+
+@pytest.fixture
+def stack(request: pytest.FixtureRequest) -> Stack:
+    """The test's stack: the parametrised one under `pytest.mark.matrix`, else sqlite+memory."""
+    return getattr(request, "param", DEFAULT)
+
+
+@pytest.fixture
+async def stack_settings(
+    stack: Stack, server_databases: ServerDatabases, redis_server: RedisServer
+) -> AsyncIterator[dict[str, Any]]:
+    """Settings overrides putting a gateway on the test's stack (none for sqlite+memory).
+
+    A server database is emptied first (the gateway migrates it at start); a Redis stack gets
+    a key prefix of its own, whose keys are deleted after the test.
+    """
+    overrides: dict[str, Any] = {}
+    if stack.database != "sqlite":
+        overrides["database_url"] = await server_databases.url_for(stack.database)
+        await wipe_database(overrides["database_url"])
+    if stack.limits == "memory":
+        yield overrides
+        return
+    await redis_server.client()  # skips (fails on CI) when Redis does not answer
+    prefix = f"sgtest-{secrets.token_hex(4)}"
+    yield {**overrides, "redis_url": redis_server.url, "redis_prefix": prefix}
+    await redis_server.delete_keys(prefix)
+
+
 GatewayFactory = Callable[..., contextlib.AbstractAsyncContextManager[Gateway]]
 
 
 @pytest.fixture
-def make_gateway(tmp_path: Path, upstream: FakeUpstream) -> GatewayFactory:
-    """Start a gateway with settings overrides: `async with make_gateway(**kw) as gw`."""
+def make_gateway(
+    tmp_path: Path, upstream: FakeUpstream, stack_settings: dict[str, Any]
+) -> GatewayFactory:
+    """Starts gateways on the test's stack: `async with make_gateway(**overrides) as gw`."""
 
     def factory(**overrides: Any) -> contextlib.AbstractAsyncContextManager[Gateway]:
-        overrides.setdefault("upstream_base", upstream.base_url)
-        return running_gateway(gateway_settings(tmp_path, **overrides))
+        settings = {"upstream_base": upstream.base_url, **stack_settings, **overrides}
+        return running_gateway(gateway_settings(tmp_path, **settings))
 
     return factory
 
 
 @pytest.fixture
 async def gateway(make_gateway: GatewayFactory) -> AsyncIterator[Gateway]:
+    """A gateway on the test's stack with the default test settings."""
     async with make_gateway() as gw:
         yield gw

@@ -5,7 +5,11 @@ import json
 import random
 from decimal import Decimal
 
+import pytest
+
 from spendgate.metering.pricing import PriceBook
+
+pytestmark = pytest.mark.matrix
 
 
 def exact(text: str):

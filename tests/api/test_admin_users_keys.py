@@ -8,7 +8,11 @@ from decimal import Decimal
 import openai
 import pytest
 
+from tests.stacks import COVERING
 from tests.support import ADMIN_TOKEN
+
+# Tests whose outcome depends on the database or the limit backend run on each of them.
+across_stacks = pytest.mark.matrix(COVERING)
 
 USER_FIELDS = {
     "name",
@@ -68,6 +72,7 @@ async def create_key(gateway, **body):
 # users
 
 
+@across_stacks
 async def test_created_user_has_every_contract_field(gateway):
     body = {
         "name": "carol",
@@ -106,6 +111,7 @@ async def test_users_are_listed_and_looked_up_by_name(gateway):
     assert one.json() == users["ed"]
 
 
+@across_stacks
 async def test_creating_an_existing_user_is_a_conflict(gateway):
     async with gateway.admin() as admin:
         assert (await admin.post("/admin/users", json={"name": "fay"})).status_code == 201
@@ -122,6 +128,7 @@ async def test_an_unknown_user_is_not_found(gateway, method, body):
     assert_openai_error(response, 404, "not_found")
 
 
+@across_stacks
 async def test_patch_changes_a_users_budget_email_and_limits(gateway):
     async with gateway.admin() as admin:
         await admin.post("/admin/users", json={"name": "gus", "budget_usd": 1})
@@ -145,6 +152,7 @@ async def test_patch_changes_a_users_budget_email_and_limits(gateway):
 
 
 @pytest.mark.parametrize("period", ["daily", "weekly", "monthly", "total", None])
+@across_stacks
 async def test_a_users_spend_is_what_it_spent_this_period(gateway, period):
     async with gateway.admin() as admin:
         body = {"name": "ivan", "budget_usd": 9, "budget_period": period}
@@ -160,6 +168,7 @@ async def test_a_users_spend_is_what_it_spent_this_period(gateway, period):
     assert listed == [user]
 
 
+@across_stacks
 async def test_disabling_a_user_refuses_its_keys_at_once(gateway, upstream):
     created = await create_key(gateway, user="hal")
     key = created["key"]
@@ -243,6 +252,7 @@ async def test_malformed_json_body_is_a_400(gateway):
 # keys
 
 
+@across_stacks
 async def test_created_key_is_shown_once_with_its_fields(gateway):
     expires = "2099-01-02T03:04:05+00:00"
     created = await create_key(
@@ -270,6 +280,7 @@ async def test_created_key_is_shown_once_with_its_fields(gateway):
     assert second["key"] != key and second["id"] != created["id"]
 
 
+@across_stacks
 async def test_creating_a_key_creates_its_user(gateway):
     created = await create_key(gateway, user="kim")
     async with gateway.admin() as admin:
@@ -305,6 +316,7 @@ async def test_invalid_key_bodies_are_400s(gateway, body):
     assert listing.json() == []
 
 
+@across_stacks
 async def test_key_listing_is_per_user_and_never_holds_the_key(gateway):
     mine = [await create_key(gateway, user="mia", note=f"n{i}") for i in range(2)]
     other = await create_key(gateway, user="ned")
@@ -326,6 +338,7 @@ async def test_key_listing_is_per_user_and_never_holds_the_key(gateway):
         assert secret[3:] not in everything.text
 
 
+@across_stacks
 async def test_last_used_at_is_set_by_a_request(gateway):
     created = await create_key(gateway, user="oli")
     await chat(gateway, created["key"])
@@ -336,6 +349,7 @@ async def test_last_used_at_is_set_by_a_request(gateway):
 
 
 @pytest.mark.parametrize("by", ["id", "key"])
+@across_stacks
 async def test_revoked_key_is_refused_at_once(gateway, by):
     created = await create_key(gateway, user="pam")
     keep = await create_key(gateway, user="pam")
@@ -376,6 +390,7 @@ async def test_patching_an_unknown_key_is_not_found(gateway, target):
     assert_openai_error(response, 404, "not_found")
 
 
+@across_stacks
 async def test_patch_changes_a_keys_note_models_and_expiry(gateway):
     created = await create_key(gateway, user="quin", note="old")
     expires = "2098-06-30T12:00:00+00:00"
@@ -395,6 +410,7 @@ async def test_patch_changes_a_keys_note_models_and_expiry(gateway):
     await chat(gateway, created["key"])
 
 
+@across_stacks
 async def test_patching_expiry_into_the_past_refuses_the_key(gateway):
     created = await create_key(gateway, user="ray")
     await chat(gateway, created["key"])

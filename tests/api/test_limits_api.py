@@ -7,6 +7,10 @@ from typing import Any
 
 import pytest
 
+from tests.stacks import COVERING
+
+pytestmark = pytest.mark.matrix(COVERING)
+
 PRICING = json.dumps({"fake-gpt": {"input": 0.001, "output": 0.002}})  # 1 and 2 µ$ per token
 ONE_REQUEST = Decimal("0.000023")  # 3 prompt + 10 completion tokens
 

@@ -4,6 +4,11 @@ import asyncio
 import time
 
 import httpx
+import pytest
+
+from tests.stacks import COVERING
+
+pytestmark = pytest.mark.matrix(COVERING)
 
 
 async def wait_for(predicate, timeout: float = 10.0):

@@ -8,6 +8,8 @@ from typing import Any
 import openai
 import pytest
 
+pytestmark = pytest.mark.matrix
+
 # 1 µ$ per prompt token, 2 µ$ per completion token
 PRICING = json.dumps({"fake-gpt": {"input": 0.001, "output": 0.002}})
 MESSAGES = [{"role": "user", "content": "hello world"}]  # the fake bills 3 prompt tokens
