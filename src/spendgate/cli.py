@@ -135,44 +135,58 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
     workers: Annotated[
-        int, typer.Option(min=1, help="Worker processes (more than 1 needs shared limits).")
+        int, typer.Option(min=1, help="Worker processes (more than 1 needs SPENDGATE_REDIS_URL).")
     ] = 1,
 ) -> None:
     """Start the gateway."""
     settings = settings_or_exit()
-    if workers > 1:
-        # Budgets, credits and rate limits are counted in process: several workers would
-        # each admit up to the full budget. Shared counters (Redis) come with scale-out.
+    if workers > 1 and settings.redis_url is None:
+        # Without Redis, budgets, credits and rate limits are counted in process: several
+        # workers would each admit up to the full budget.
         fail(
-            f"--workers {workers}: several worker processes need budgets and limits shared "
-            "through Redis, which this version does not have yet; run one worker per instance."
+            f"--workers {workers}: worker processes share budgets and rate limits through "
+            "Redis; set SPENDGATE_REDIS_URL, or run one worker."
         )
     if settings.upstream_api_key is None:
         fail("no upstream key: set SPENDGATE_UPSTREAM_API_KEY (or run `spendgate demo`).")
-    _serve(settings, host or settings.host, port if port is not None else settings.port)
+    _serve(settings, host or settings.host, port if port is not None else settings.port, workers)
 
 
-def _serve(settings: Settings, host: str, port: int, banner: str | None = None) -> None:
+def _serve(settings: Settings, host: str, port: int, workers: int = 1) -> None:
     from spendgate.app import create_app
-    from spendgate.server import configure_logging, serve_app
+    from spendgate.server import configure_logging, serve_app, serve_workers
 
     try:
         configure_logging(str(settings.log_path) if settings.log_path else None)
     except OSError as exc:
         fail(f"invalid setting SPENDGATE_LOG_PATH: cannot open {settings.log_path}: {exc.strerror}")
+    console = Console(stderr=True)
+    processes = f" ({workers} worker processes)" if workers > 1 else ""
+
+    def announce() -> None:
+        # Once it serves: a setting that stops the start is then the only line printed.
+        if settings.admin_token is None:
+            console.print(
+                "[yellow]spendgate: no admin token (SPENDGATE_ADMIN_TOKEN): "
+                "the admin API answers 401 to everyone.[/yellow]"
+            )
+        console.print(f"spendgate listening on http://{host}:{port}{processes}", highlight=False)
+
+    if workers > 1:
+        try:
+            status = serve_workers(settings, host, port, workers, announce)
+        except ConfigError as exc:
+            fail(str(exc))
+        if status:
+            raise typer.Exit(status)
+        return
     try:
         gateway = create_app(settings)
     except ConfigError as exc:
         fail(str(exc))
-    console = Console(stderr=True)
-    if settings.admin_token is None:
-        console.print(
-            "[yellow]spendgate: no admin token (SPENDGATE_ADMIN_TOKEN): "
-            "the admin API answers 401 to everyone.[/yellow]"
-        )
 
     async def started() -> None:
-        console.print(banner or f"spendgate listening on http://{host}:{port}", highlight=False)
+        announce()
 
     run_async(lambda: serve_app(gateway, host, port, started))
 
