@@ -263,7 +263,7 @@ def measure(args: argparse.Namespace, started: list[Started], work: Path) -> Res
             results.load.setdefault((scenario.name, job.conns, r.name), []).append(sample)
             figure, how = f"{sample.rps:,.0f} req/s", f"c={job.conns}"
         print(
-            f"[{step}/{len(jobs)}] {r.name:<11} {scenario.name:<10} {how:<9} "
+            f"[{step}/{len(jobs)}] {r.name:<17} {scenario.name:<10} {how:<9} "
             f"run {job.round + 1}: {figure}",
             file=sys.stderr,
         )

@@ -4,9 +4,10 @@ A target starts its processes in a work directory and hands back a `Running`: th
 wrk and hey load (scenarios add their path), the Authorization header, the `gateway` process
 (None when there is none) and the `upstream` process (the fake), whose CPU is measured
 separately. `finish()` stops it and may return a `Check` (spendgate verifies its ledger, the
-others the fake's request counter). A target that cannot run here raises `TargetUnavailable`
-and is skipped. To add one, write a `start_*` function and append a `TargetDef`; the harness,
-tables and ratios pick it up.
+others the fake's request counter); then its `cleanups` run (a scratch database dropped, Redis
+keys deleted), also when the benchmark is killed. A target that cannot run here raises
+`TargetUnavailable` and is skipped. To add one, write a `start_*` function and append a
+`TargetDef`; the harness, tables and ratios pick it up.
 """
 
 from __future__ import annotations
@@ -21,21 +22,18 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
-
 from peers import start_litellm_server
 from procs import (
     LOOPBACK,
     BenchError,
     Server,
-    TargetUnavailable,
     free_port,
     loopback_json,
     loopback_request,
     start_server,
 )
 from scenarios import SCENARIOS
+from scratch import ScratchDatabase, ScratchRedis
 from spendgate.config import Settings
 from spendgate.keys.material import display_key, hash_key, new_key
 from spendgate.ledger.engine import create_engine, normalize_database_url, upgrade
@@ -45,11 +43,6 @@ from spendgate.limits.names import LIMIT_WINDOWS
 
 BENCH_DIR = Path(__file__).resolve().parent
 UPSTREAM_KEY = "sk-bench-upstream"
-POSTGRES_ADMIN_URL = os.environ.get(
-    "BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-POSTGRES_DATABASE = "spendgate_bench"  # dropped and created again at every start
-POSTGRES_TIMEOUT_S = 15
 LITELLM_SKIPS = frozenset({"mixed"})  # it forwards no x-fake-* header to the upstream
 
 
@@ -75,6 +68,7 @@ class Running:
     completed: int = 0  # responses wrk and hey completed, over every run incl. warm-ups
     cut_allowance: int = 0  # connections summed over runs: at most this many cut in flight
     servers: list[Server] = field(default_factory=list)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)  # after the servers
 
     def url(self, path: str) -> str:
         """The URL of `path` ("/v1/...") on this target."""
@@ -90,11 +84,20 @@ class Running:
         check = self.finisher(self) if self.finisher is not None else None
         for server in reversed(self.servers):
             server.stop()
+        while self.cleanups:
+            self.cleanups.pop()()
         return check
 
     def kill(self) -> None:
+        """Kill every process, then run the cleanups left; never raises (the error path)."""
         for server in self.servers:
             server.kill()
+        while self.cleanups:
+            cleanup = self.cleanups.pop()
+            try:
+                cleanup()
+            except Exception as exc:  # the benchmark is failing already: report, go on
+                print(f"{self.name}: cleanup failed: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 @dataclass(frozen=True)
@@ -171,15 +174,39 @@ def start_spendgate_limited(work: Path) -> Running:
 
 
 def start_spendgate_postgres(work: Path) -> Running:
-    """(d) as (c) on PostgreSQL (database `spendgate_bench`, created afresh)."""
+    """(d) as (c) on PostgreSQL (a scratch database, dropped afterwards)."""
+    database = ScratchDatabase.new()
+    database.create()
     try:
-        database_url = asyncio.run(_recreate_postgres_database())
-    except Exception as exc:
-        where = make_url(POSTGRES_ADMIN_URL).render_as_string(hide_password=True)
-        raise TargetUnavailable(
-            f"PostgreSQL not usable at {where}: {type(exc).__name__}: {exc}"
-        ) from None
-    return _start_spendgate(work, "sg-postgres", database_url, limited=False)
+        running = _start_spendgate(work, "sg-postgres", database.url, limited=False)
+    except BaseException:
+        database.drop()
+        raise
+    running.cleanups.append(database.drop)
+    return running
+
+
+def start_spendgate_postgres_redis(work: Path) -> Running:
+    """(d') as (c') on PostgreSQL, the limits on Redis (a key prefix of its own)."""
+    redis = ScratchRedis.new()
+    redis.ping()  # before the database: nothing to drop if Redis is not there
+    database = ScratchDatabase.new()
+    database.create()
+    limits_env = {"SPENDGATE_REDIS_URL": redis.url, "SPENDGATE_REDIS_PREFIX": redis.prefix}
+    try:
+        running = _start_spendgate(
+            work, "sg-postgres-redis", database.url, limited=True, limits_env=limits_env
+        )
+    except BaseException:
+        redis.delete()
+        database.drop()
+        raise
+    running.finisher = _redis_check(redis, database.url)
+    running.cleanups += [database.drop, redis.delete]
+    # A scope's first admission rebuilds its Redis spend counters from the ledger, after
+    # waiting out the writer's flush window (~0.8 s): done here, not in a timed run.
+    _prime(running)
+    return running
 
 
 def start_litellm(work: Path) -> Running:
@@ -192,9 +219,15 @@ def start_litellm(work: Path) -> Running:
         return server, base_url, f"Bearer {master_key}"
 
     running = _behind_fake(work, "litellm", launch, _upstream_check)
+    _prime(running, LITELLM_SKIPS)  # its first requests take seconds
+    return running
+
+
+def _prime(running: Running, skips: frozenset[str] = frozenset()) -> None:
+    """One request per scenario before wrk starts, so slow first requests are not timed."""
     try:
-        for scenario in SCENARIOS:  # its first requests take seconds: not for wrk to time
-            if scenario.name not in LITELLM_SKIPS:
+        for scenario in SCENARIOS:
+            if scenario.name not in skips:
                 auth = {"Authorization": running.auth}
                 url = running.url(scenario.path)
                 loopback_request(url, "POST", body=scenario.body, headers=auth, timeout_s=120)
@@ -202,24 +235,20 @@ def start_litellm(work: Path) -> Running:
     except BaseException:
         running.kill()
         raise
-    return running
 
 
 def _sqlite_url(home: Path) -> str:
     return f"sqlite:///{home / 'ledger.db'}"
 
 
-def _limits_env() -> dict[str, str]:
-    """The limits backend of every spendgate target: in process for now.
-
-    REDIS (issue 5): once spendgate reads SPENDGATE_REDIS_URL, return
-    {"SPENDGATE_REDIS_URL": "redis://127.0.0.1:6379/15"} here for sg-postgres (and say
-    "Redis limits" in its description); skip it, like PostgreSQL, if Redis is unreachable.
-    """
-    return {}
-
-
-def _start_spendgate(work: Path, name: str, database_url: str, *, limited: bool) -> Running:
+def _start_spendgate(
+    work: Path,
+    name: str,
+    database_url: str,
+    *,
+    limited: bool,
+    limits_env: dict[str, str] | None = None,  # none: limits in process
+) -> Running:
     home = work / name
     home.mkdir()  # the cwd: no stray .env is read
     key = asyncio.run(_make_key(database_url, limited=limited))
@@ -228,7 +257,7 @@ def _start_spendgate(work: Path, name: str, database_url: str, *, limited: bool)
         port = free_port()
         env = (
             clean_env()
-            | _limits_env()
+            | (limits_env or {})
             | {
                 "SPENDGATE_DATABASE_URL": database_url,
                 "SPENDGATE_UPSTREAM_BASE": upstream_base,
@@ -267,9 +296,16 @@ TARGETS: list[TargetDef] = [
     ),
     TargetDef(
         "sg-postgres",
-        "(d) spendgate serve, PostgreSQL ledger (127.0.0.1:5432), in-process limits (Redis "
-        "limits come with issue 5)",
+        "(d) spendgate serve, PostgreSQL ledger (127.0.0.1:5432), in-process limits",
         start_spendgate_postgres,
+        judged=True,
+    ),
+    TargetDef(
+        "sg-postgres-redis",
+        "(d') as (c') on PostgreSQL (127.0.0.1:5432) with the limits on Redis "
+        "(127.0.0.1:6379, a key prefix of its own): one Lua script round trip to admit, one "
+        "to settle",
+        start_spendgate_postgres_redis,
         judged=True,
     ),
     TargetDef(
@@ -351,18 +387,26 @@ def _ledger_check(database_url: str) -> Callable[[Running], Check]:
     return check
 
 
-async def _recreate_postgres_database() -> str:
-    """Drop and create `spendgate_bench`; return its URL."""
-    admin = create_engine(normalize_database_url(POSTGRES_ADMIN_URL))
-    try:
-        async with asyncio.timeout(POSTGRES_TIMEOUT_S), admin.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await conn.execute(text(f"DROP DATABASE IF EXISTS {POSTGRES_DATABASE} WITH (FORCE)"))
-            await conn.execute(text(f"CREATE DATABASE {POSTGRES_DATABASE}"))
-    finally:
-        await admin.dispose()
-    url = make_url(POSTGRES_ADMIN_URL).set(database=POSTGRES_DATABASE)
-    return url.render_as_string(hide_password=False)
+def _redis_check(redis: ScratchRedis, database_url: str) -> Callable[[Running], Check]:
+    """The ledger check, then: every admission reserved budget in Redis and settled it."""
+    ledger_check = _ledger_check(database_url)
+
+    def check(running: Running) -> Check:
+        result = ledger_check(running)  # stops the gateway first: every settlement is in
+        counters = redis.counters()
+        ledger = asyncio.run(_ledger_requests(database_url))
+        used, admitted = counters.keys > 0, counters.reservations == ledger
+        settled = counters.reserved_pico == 0
+        result.lines += [
+            f"Redis keys under {redis.prefix}: {counters.keys}: {'PASS' if used else 'FAIL'}",
+            f"admissions that reserved budget in Redis (ids counter): {counters.reservations}, "
+            f"ledger requests {ledger}: {'PASS' if admitted else 'FAIL'}",
+            f"budget still reserved in Redis after the drain: {counters.reserved_pico} "
+            f"picodollars: {'PASS' if settled else 'FAIL'}",
+        ]
+        return Check(result.ok and used and admitted and settled, result.lines)
+
+    return check
 
 
 def _upstream_check(running: Running) -> Check:
