@@ -8,6 +8,7 @@ module that reads the process environment.
 import os
 import tomllib
 from decimal import Decimal
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -172,6 +173,36 @@ class Settings(BaseSettings):
         validation_alias=_env("SPENDGATE_SELF_SERVICE"),
         description="Allow self-service key requests under /public/keys.",
     )
+    self_service_trusted_only: bool = Field(
+        False,
+        validation_alias=_env("SPENDGATE_SELF_SERVICE_TRUSTED_ONLY"),
+        description="Self-service keys only for the trusted-header identity, in its own name.",
+    )
+    trusted_user_header: str | None = Field(
+        None,
+        validation_alias=_env("SPENDGATE_TRUSTED_USER_HEADER"),
+        description="Header naming the signed-in user, set by an authenticating reverse proxy "
+        "(X-Forwarded-User); believed only from SPENDGATE_TRUSTED_PROXIES.",
+    )
+    trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=_env("SPENDGATE_TRUSTED_PROXIES"),
+        description="Addresses (IPs or CIDR blocks, comma list) whose trusted user header "
+        "is believed.",
+    )
+    session_hours: float = Field(
+        12,
+        gt=0,
+        le=24 * 90,
+        validation_alias=_env("SPENDGATE_SESSION_HOURS"),
+        description="How long a console sign-in lasts.",
+    )
+    session_secret: SecretStr | None = Field(
+        None,
+        validation_alias=_env("SPENDGATE_SESSION_SECRET"),
+        description="Signs console sessions; none: derived from the admin token (the same on "
+        "every instance).",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         validation_alias=_env("SPENDGATE_CORS_ORIGINS", "ALLOWED_ORIGINS"),
@@ -270,7 +301,7 @@ class Settings(BaseSettings):
         description="Limits (JSON) given to new keys created without any.",
     )
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -6,9 +6,10 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from spendgate import __version__
-from spendgate.api import admin_keys, admin_usage, admin_users, me, ops
+from spendgate.api import admin_keys, admin_tracking, admin_usage, admin_users, me, ops, public
 from spendgate.errors import FrameworkHTTPError, GatewayError, InvalidRequest, NotFound
 from spendgate.runtime import Runtime
+from spendgate.web import console
 
 
 def _render(error: GatewayError) -> Response:
@@ -53,6 +54,7 @@ def build_api(runtime: Runtime) -> FastAPI:
     api.add_exception_handler(GatewayError, _gateway_error)
     api.add_exception_handler(RequestValidationError, _validation_error)
     api.add_exception_handler(HTTPException, _http_error)
-    for module in (admin_users, admin_keys, admin_usage, me, ops):
+    for module in (admin_users, admin_keys, admin_tracking, admin_usage, me, public, ops):
         api.include_router(module.router)
+    console.install(api)
     return api

@@ -1,0 +1,1 @@
+"""The web console under /ui/: server-rendered pages, charts and forms."""
