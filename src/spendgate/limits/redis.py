@@ -18,6 +18,7 @@ the finest unit (ns, µs, ms, s) in which its bucket stays exact below 2^53.
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from importlib.resources import files
 from typing import Any
@@ -34,12 +35,30 @@ SpendHistory = Callable[[str, date | None, datetime], Awaitable[int]]
 _EXACT = 2**47  # bucket size in units that leaves 64 buckets of token debt exact in doubles
 _UNIX = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_LOADED = 100_000
+_MAX_PLANS = 100_000
 _RESERVED_ONLY = -2  # `first` for a read of the reservations alone
 
 
 def _script(name: str) -> str:
     folder = files("spendgate.limits") / "lua"
     return (folder / "common.lua").read_text() + "\n" + (folder / name).read_text()
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """The keys and argument words of one list of rules (or pair of lists), built once.
+
+    The policy keeps its rule lists per principal (and spend rules per day), so the lists'
+    identity names a plan; the plan holds them, so an identity is not reused while cached.
+    Rule parameters travel as one string per list: a handful of arguments to encode per
+    call instead of four per rule.
+    """
+
+    rates: Sequence[RateRule]
+    spends: Sequence[SpendRule]
+    scopes: tuple[str, ...]
+    keys: list[str]
+    words: list[str]  # the arguments after the per-call ones
 
 
 def scope_tag(scope: str) -> str:
@@ -83,6 +102,8 @@ class RedisBackend:
         self._read = client.register_script(_script("read.lua"))
         self._peek = client.register_script(_script("peek.lua"))
         self._units: dict[Rate, tuple[int, int]] = {}
+        self._plans: dict[tuple[int, int], _Plan] = {}
+        self._scope_keys: dict[str, tuple[str, str]] = {}
         self._loading: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._loaded: set[tuple[str, str]] = set()
 
@@ -121,20 +142,11 @@ class RedisBackend:
         reserve_pico: int,
     ) -> Grant | Refusal:
         """Check every rule and take all of them or nothing, in one script."""
-        scopes = list(dict.fromkeys(rule.scope for rule in spends))
-        anchor = scopes[0] if scopes else rates[0].scope if rates else ""
-        keys = [self._ids(anchor)]
-        keys += [self._state(rule) for rule in rates]
-        for scope in scopes:
-            keys += (self._hash(scope), self._set(scope))
-        args: list[Any] = self._now()
-        args += (len(rates), len(scopes), len(spends), reserve_pico, self._ttl_us)
-        for rule in rates:
-            exponent, period = self._unit(rule.rate)
-            args += (rule.rate.limit, exponent, period, 1 if rule.unit == "requests" else 0)
-        for spend in spends:
-            first = -1 if spend.since is None else day_number(spend.since)
-            args += (scopes.index(spend.scope) + 1, first, spend.cap_pico)
+        plan = self._admission_plan(rates, spends)
+        scopes = plan.scopes
+        counts = (len(rates), len(scopes), len(spends))
+        args: list[str | int] = [*self._now(), *counts, reserve_pico, self._ttl_us, *plan.words]
+        keys = plan.keys
         while True:
             reply = await self._acquire(keys=keys, args=args)
             status, detail, now_us, now_ns = (int(value) for value in reply[:4])
@@ -166,17 +178,15 @@ class RedisBackend:
     ) -> None:
         """Drop the reservation, charge `tokens`, record `cost_pico` on `scopes`."""
         held = grant.scopes if grant.reservation is not None else ()
-        charged = token_rules if tokens > 0 else ()
-        keys = [self._state(rule) for rule in charged]
-        keys += [self._hash(scope) for scope in scopes]
+        charged = self._token_plan(token_rules if tokens > 0 else ())
+        keys = [*charged.keys]
+        keys += [self._scope_pair(scope)[0] for scope in scopes]
         for scope in held:
-            keys += (self._hash(scope), self._set(scope))
+            keys += self._scope_pair(scope)
         member = f"{grant.reservation}:{grant.reserved_pico}" if held else ""
         args: list[Any] = self._now()
-        args += (len(charged), len(scopes), len(held), tokens, cost_pico, member)
-        for rule in charged:
-            exponent, period = self._unit(rule.rate)
-            args += (rule.rate.limit, exponent, period)
+        args += (len(charged.rates), len(scopes), len(held), tokens, cost_pico, member)
+        args += charged.words
         grant.reservation = None
         if keys:
             await self._commit(keys=keys, args=args)
@@ -206,6 +216,54 @@ class RedisBackend:
         await self._client.ping()
 
     # internals
+
+    def _admission_plan(self, rates: Sequence[RateRule], spends: Sequence[SpendRule]) -> _Plan:
+        ident = (id(rates), id(spends) if spends else 0)
+        plan = self._plans.get(ident)
+        if plan is not None and plan.rates is rates and (plan.spends is spends or not spends):
+            return plan
+        scopes = tuple(dict.fromkeys(rule.scope for rule in spends))
+        anchor = scopes[0] if scopes else rates[0].scope if rates else ""
+        keys = [self._ids(anchor)]
+        keys += [self._state(rule) for rule in rates]
+        for scope in scopes:
+            keys += self._scope_pair(scope)
+        rate_words: list[int] = []
+        for rule in rates:
+            exponent, period = self._unit(rule.rate)
+            rate_words += (rule.rate.limit, exponent, period, 1 if rule.unit == "requests" else 0)
+        spend_words: list[int] = []
+        for spend in spends:
+            first = -1 if spend.since is None else day_number(spend.since)
+            spend_words += (scopes.index(spend.scope) + 1, first, spend.cap_pico)
+        words = [_joined(rate_words), _joined(spend_words)]
+        return self._keep(ident, _Plan(rates, spends, scopes, keys, words))
+
+    def _token_plan(self, rules: Sequence[RateRule]) -> _Plan:
+        ident = (id(rules), -1)
+        plan = self._plans.get(ident)
+        if plan is not None and (plan.rates is rules or not rules):
+            return plan
+        words: list[int] = []
+        for rule in rules:
+            words += (rule.rate.limit, *self._unit(rule.rate))
+        keys = [self._state(rule) for rule in rules]
+        return self._keep(ident, _Plan(rules, (), (), keys, [_joined(words)]))
+
+    def _keep(self, ident: tuple[int, int], plan: _Plan) -> _Plan:
+        if len(self._plans) >= _MAX_PLANS:
+            self._plans.clear()
+        self._plans[ident] = plan
+        return plan
+
+    def _scope_pair(self, scope: str) -> tuple[str, str]:
+        """The scope's spend hash and reservation set."""
+        pair = self._scope_keys.get(scope)
+        if pair is None:
+            if len(self._scope_keys) >= _MAX_PLANS:
+                self._scope_keys.clear()
+            pair = self._scope_keys[scope] = (self._hash(scope), self._set(scope))
+        return pair
 
     def _grant(
         self,
@@ -294,6 +352,10 @@ class RedisBackend:
             self._loaded.add((scope, f"{since_us}:{first}"))
         finally:
             del self._loading[(scope, f"{since_us}:{first}")]
+
+
+def _joined(numbers: list[int]) -> str:
+    return " ".join(map(str, numbers))
 
 
 def _ceil_div(a: int, b: int) -> int:

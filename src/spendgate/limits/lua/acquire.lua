@@ -5,8 +5,9 @@
 -- KEYS: [1] reservation id counter, then one state key per rate rule, then per spend scope
 --       its hash and its reservation set.
 -- ARGV: now_us, now_ns (sub-microsecond; "" = the server's TIME), #rates, #scopes, #spends,
---       reserve (pico), ttl_us, then per rate: limit, unit exponent, period, is_request;
---       then per spend: scope index, first day number (-1: all time), cap (pico).
+--       reserve (pico), ttl_us, then two strings of space-separated words: per rate: limit,
+--       unit exponent, period, is_request; per spend: scope index, first day number
+--       (-1: all time), cap (pico).
 -- Reply: {status, detail, now_us, now_ns, ...}
 --   1 granted        detail = reservation id (0: none); then each rate's used-before-take
 --   0 rate refused   then each rate's used-now
@@ -15,13 +16,13 @@
 local now_us, now_ns = clock_now(ARGV[1], ARGV[2])
 local nrates, nscopes, nspends = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local reserve, ttl_us = ARGV[6], tonumber(ARGV[7])
-local rate_at, spend_at = 8, 8 + 4 * nrates
+local R, S = words(ARGV[8]), words(ARGV[9])
 
 local used = {}
 local refused = false
 for i = 1, nrates do
-  local a = rate_at + 4 * (i - 1)
-  local limit, exp, period = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local a = 4 * i - 3
+  local limit, exp, period = tonumber(R[a]), tonumber(R[a + 1]), tonumber(R[a + 2])
   local u = used_now(redis.call('GET', KEYS[1 + i]), limit, exp, now_us, now_ns)
   used[i] = u
   if limit == 0 or u + period > limit * period then refused = true end
@@ -38,8 +39,8 @@ for s = 1, nscopes do
   expire_reservations(hash, set, now_us)
 end
 for i = 1, nspends do
-  local a = spend_at + 3 * (i - 1)
-  local s, first = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local a = 3 * i - 2
+  local s, first = tonumber(S[a]), tonumber(S[a + 1])
   local hash = KEYS[scope_key + 2 * s - 1]
   local since = tonumber(redis.call('HGET', hash, 'c'))
   local base = baseline_field(since, first)
@@ -60,15 +61,15 @@ for i = 1, nspends do
 end
 if #missing > 0 then return {2, 0, now_us, now_ns, unpack(missing)} end
 for i = 1, nspends do
-  if not big_below(sums[i], ARGV[spend_at + 3 * (i - 1) + 2]) then
+  if not big_below(sums[i], S[3 * i]) then
     return {3, i, now_us, now_ns}
   end
 end
 
 for i = 1, nrates do
-  local a = rate_at + 4 * (i - 1)
-  if ARGV[a + 3] == '1' then
-    local limit, exp, period = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local a = 4 * i - 3
+  if R[a + 3] == '1' then
+    local limit, exp, period = tonumber(R[a]), tonumber(R[a + 1]), tonumber(R[a + 2])
     save_state(KEYS[1 + i], limit, exp, used[i] + period, now_us, now_ns)
   end
 end

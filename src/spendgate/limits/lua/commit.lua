@@ -2,7 +2,8 @@
 -- KEYS: one state key per token rule, then one hash per costed scope, then per reserved
 --       scope its hash and its reservation set.
 -- ARGV: now_us, now_ns, #token rules, #costed scopes, #reserved scopes, tokens, cost (pico),
---       reservation member ('' : none), then per token rule: limit, unit exponent, period.
+--       reservation member ('' : none), then one string of space-separated words: per
+--       token rule: limit, unit exponent, period.
 local now_us, now_ns = clock_now(ARGV[1], ARGV[2])
 local nrules, ncosted, nreserved = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local tokens, cost, member = tonumber(ARGV[6]), ARGV[7], ARGV[8]
@@ -18,9 +19,10 @@ if member ~= '' then
 end
 
 if tokens > 0 then
+  local R = words(ARGV[9])
   for i = 1, nrules do
-    local a = 9 + 3 * (i - 1)
-    local limit, exp, period = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+    local a = 3 * i - 2
+    local limit, exp, period = tonumber(R[a]), tonumber(R[a + 1]), tonumber(R[a + 2])
     local used = used_now(redis.call('GET', KEYS[i]), limit, exp, now_us, now_ns)
     save_state(KEYS[i], limit, exp, used + tokens * period, now_us, now_ns)
   end

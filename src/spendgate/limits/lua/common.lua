@@ -6,6 +6,13 @@ local KEEP_DAYS = 40
 
 local function fmt(n) return string.format('%.0f', n) end
 
+-- The space-separated words of one argument (rule parameters travel as one string each).
+local function words(blob)
+  local list = {}
+  for word in string.gmatch(blob, '%S+') do list[#list + 1] = word end
+  return list
+end
+
 -- Now as (microseconds since the epoch, nanoseconds within the microsecond).
 local function clock_now(us, ns)
   if us == '' then
