@@ -1,7 +1,14 @@
-"""The ASGI application: `/v1/*` to the plain-ASGI proxy, everything else to FastAPI."""
+"""The ASGI application: `/v1/*` to the plain-ASGI proxy, everything else to FastAPI.
+
+With SPENDGATE_CORS_ORIGINS set, Starlette's CORS middleware wraps both (browsers call the
+proxy too); without, there is no middleware at all.
+"""
 
 import logging
 from typing import Any
+
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
 from spendgate.api.routes import build_api
 from spendgate.config import Settings
@@ -10,6 +17,42 @@ from spendgate.proxy.relay import ProxyApp, Receive, Scope, Send
 from spendgate.runtime import Runtime
 
 log = logging.getLogger("spendgate")
+
+CORS_METHODS = ("GET", "POST", "PATCH", "DELETE", "OPTIONS")
+# What clients send: gateway keys (three ways), end users, admin and ingest credentials, and
+# the headers OpenAI's own SDKs add to every request (a browser preflights all of them).
+CORS_HEADERS = (
+    "Authorization",
+    "Content-Type",
+    "api-key",
+    "x-api-key",
+    "X-User-ID",
+    "X-Admin-Token",
+    "X-Ingest-Key",
+    "OpenAI-Beta",
+    "OpenAI-Organization",
+    "OpenAI-Project",
+    "X-Stainless-Arch",
+    "X-Stainless-Lang",
+    "X-Stainless-OS",
+    "X-Stainless-Package-Version",
+    "X-Stainless-Retry-Count",
+    "X-Stainless-Runtime",
+    "X-Stainless-Runtime-Version",
+    "X-Stainless-Read-Timeout",
+    "X-Stainless-Timeout",
+)
+CORS_EXPOSED = (
+    "x-spendgate-request-id",
+    "x-spendgate-cost-usd",
+    "retry-after",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+)
 
 
 class SpendgateApp:
@@ -32,8 +75,16 @@ class SpendgateApp:
         )
         self.api = build_api(runtime)
         self._key_in_path = settings.key_in_path
+        # Without origins no middleware at all: the hot path pays nothing for CORS.
+        self._entry: ASGIApp = (
+            cors(self.route, settings.cors_origins) if settings.cors_origins else self.route
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._entry(scope, receive, send)
+
+    async def route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send `/v1/*` to the proxy, the lifespan to the runtime, the rest to FastAPI."""
         kind = scope["type"]
         if kind == "http" and is_proxy_path(scope["path"], self._key_in_path):
             await self.proxy(scope, receive, send)
@@ -57,6 +108,18 @@ class SpendgateApp:
                 await self.runtime.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def cors(app: ASGIApp, origins: list[str]) -> CORSMiddleware:
+    """`app` answering browsers from `origins` (preflights included); never with credentials."""
+    return CORSMiddleware(
+        app,
+        allow_origins=origins,
+        allow_methods=CORS_METHODS,
+        allow_headers=CORS_HEADERS,
+        allow_credentials=False,
+        expose_headers=CORS_EXPOSED,
+    )
 
 
 def create_app(settings: Settings) -> SpendgateApp:

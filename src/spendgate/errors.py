@@ -7,6 +7,7 @@
     ├── InsufficientCredits     402 insufficient_credits
     ├── BudgetExceeded          402 budget_exceeded
     ├── ModelNotAllowed         403 model_not_allowed
+    ├── Forbidden               403 forbidden         (not allowed for this caller)
     ├── NotFound                404 not_found
     ├── Conflict                409 conflict
     ├── RequestTooLarge         413 request_too_large
@@ -87,6 +88,12 @@ class BudgetExceeded(GatewayError):
 class ModelNotAllowed(GatewayError):
     status = 403
     code = "model_not_allowed"
+    type = "invalid_request_error"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    code = "forbidden"
     type = "invalid_request_error"
 
 

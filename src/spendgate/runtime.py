@@ -10,6 +10,7 @@ from spendgate.keys.broadcast import KeyChanges
 from spendgate.keys.principals import PrincipalCache
 from spendgate.ledger.engine import create_engine, normalize_database_url, upgrade
 from spendgate.ledger.store import AccountDefaults, Store
+from spendgate.ledger.tracking import TrackingTokenStore
 from spendgate.ledger.writer import LedgerWriter
 from spendgate.limits.backend import LimitBackend
 from spendgate.limits.baseline import ledger_baseline, ledger_history
@@ -43,6 +44,7 @@ class Runtime:
         self.estimator = TokenEstimator()
         self.engine = create_engine(database_url)
         self.store = Store(self.engine, account_defaults(settings))
+        self.tracking = TrackingTokenStore(self.engine)
         self.writer = LedgerWriter(
             self.engine,
             flush_interval=settings.flush_interval_ms / 1000,

@@ -28,6 +28,7 @@ LEDGER_TABLES = {
     "usage_daily_user",
     "meta",
     "credit_transactions",
+    "tracking_tokens",
 }
 
 
@@ -114,7 +115,7 @@ async def test_migration_from_empty_matches_the_models(backend: str, database_ur
         await engine.dispose()
     assert tables >= LEDGER_TABLES
     assert differences == []
-    assert [tuple(row) for row in version] == [(SCHEMA_HEAD,)] == [("0003",)]
+    assert [tuple(row) for row in version] == [(SCHEMA_HEAD,)] == [("0004",)]
     assert [tuple(row) for row in generation] == [("principal_generation", 0)]
 
 

@@ -4,9 +4,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from spendgate.ledger.records import KeyRecord, UserRecord
+from spendgate.ledger.tracking import TrackingTokenRecord
 from spendgate.limits.names import Limits
 from spendgate.periods import Period
 
@@ -75,6 +76,38 @@ class KeyPatch(BaseModel):
     limits: Limits | None = None
 
 
+class TrackingTokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Name
+    user: Name | None = None
+
+
+class TrackingTokenPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    active: bool | None = None
+    name: Name | None = None
+
+    @field_validator("active", "name")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:  # given as null: absent means unchanged, null means nothing
+            raise ValueError("must not be null")
+        return value
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> "TrackingTokenPatch":
+        if not self.model_fields_set:
+            raise ValueError("nothing to change: give 'active' and/or 'name'")
+        return self
+
+
+class SelfServiceKeyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # The username's own rules (keys/self_service.py) give the 400; this only bounds it.
+    username: Annotated[str, Field(max_length=200)]
+    note: Annotated[str, Field(max_length=500)] | None = None
+
+
 def user_json(user: UserRecord, spend_usd: Decimal, balance_usd: Decimal | None) -> dict[str, Any]:
     """The contract's user object."""
     return {
@@ -104,5 +137,29 @@ def key_json(key: KeyRecord) -> dict[str, Any]:
         "budget_usd": key.budget_usd,
         "budget_period": key.budget_period,
         "limits": key.limits,
+        "last_used_at": key.last_used_at,
+    }
+
+
+def tracking_token_json(token: TrackingTokenRecord) -> dict[str, Any]:
+    """A tracking token as listed (never the token itself)."""
+    return {
+        "id": token.id,
+        "name": token.name,
+        "user": token.user,
+        "display": token.display,
+        "active": token.active,
+        "created_at": token.created_at,
+    }
+
+
+def self_service_key_json(key: KeyRecord) -> dict[str, Any]:
+    """A key as /public/keys lists it: display form and dates only."""
+    return {
+        "id": key.id,
+        "display": key.display,
+        "note": key.note,
+        "created_at": key.created_at,
+        "expires_at": key.expires_at,
         "last_used_at": key.last_used_at,
     }

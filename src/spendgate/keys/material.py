@@ -1,6 +1,6 @@
-"""Key material: `sg-` keys from `secrets`, their stored hash and their display form.
+"""Key material: `sg-` keys and `sgt-` tracking tokens, their stored hash and display form.
 
-Keys carry 256 bits of randomness, so a plain SHA-256 is the right hash: it is not
+Both carry 256 bits of randomness, so a plain SHA-256 is the right hash: it is not
 guessable, and lookups by hash never compare secret bytes (the lookup key is the digest).
 """
 
@@ -9,11 +9,17 @@ import hmac
 import secrets
 
 KEY_PREFIX = "sg-"
+TRACKING_PREFIX = "sgt-"
 
 
 def new_key() -> str:
     """A fresh gateway key: `sg-` and 43 URL-safe random characters."""
     return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_tracking_token() -> str:
+    """A fresh tracking token (client-push ingestion): `sgt-` and 43 URL-safe characters."""
+    return TRACKING_PREFIX + secrets.token_urlsafe(32)
 
 
 def hash_key(key: str) -> str:
@@ -22,9 +28,10 @@ def hash_key(key: str) -> str:
 
 
 def display_key(key: str) -> str:
-    """The listing form `sg-abcd…wxyz`."""
-    body = key.removeprefix(KEY_PREFIX)
-    return f"{KEY_PREFIX}{body[:4]}…{body[-4:]}"
+    """The listing form `sg-abcd…wxyz` (a tracking token: `sgt-abcd…wxyz`)."""
+    prefix = TRACKING_PREFIX if key.startswith(TRACKING_PREFIX) else KEY_PREFIX
+    body = key.removeprefix(prefix)
+    return f"{prefix}{body[:4]}…{body[-4:]}"
 
 
 def looks_like_key(text: str) -> bool:

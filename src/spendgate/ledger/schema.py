@@ -25,6 +25,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
     text,
+    true,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -158,6 +159,24 @@ class ApiKey(Base):
     budget_period: Mapped[str | None] = mapped_column(String(16))
     limits: Mapped[dict[str, int] | None] = mapped_column(JSON)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class TrackingToken(Base):
+    """A tracking token for client-push ingestion, stored only as its sha256 hash.
+
+    `user_id` is the user its pushed usage belongs to; NULL when the token names none.
+    """
+
+    __tablename__ = "tracking_tokens"
+    __table_args__ = (MYSQL_TABLE_ARGS,)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(USER_LEN))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    display: Mapped[str] = mapped_column(String(64))
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
 
 
 class UsageEventRow(Base):
