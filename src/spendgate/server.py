@@ -31,6 +31,7 @@ from spendgate.app import SpendgateApp, create_app
 from spendgate.config import ConfigError, Settings
 from spendgate.ledger.engine import upgrade_sync
 from spendgate.server_transport import CoalescingHttpToolsProtocol
+from spendgate.tasks import cancel_and_wait
 
 log = logging.getLogger("spendgate")
 
@@ -375,9 +376,7 @@ def run_worker(
         try:
             await run_server(server, [sock], started)
         finally:
-            watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch
+            await cancel_and_wait(watch)
 
     # The runner of the single-process path (`spendgate.cli.run_async`).
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

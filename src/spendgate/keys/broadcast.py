@@ -8,11 +8,12 @@ every (re)subscription the cache is dropped too, since a message may have been m
 """
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
 from redis.asyncio import Redis
+
+from spendgate.tasks import cancel_and_wait
 
 log = logging.getLogger("spendgate")
 
@@ -43,11 +44,8 @@ class KeyChanges:
 
     async def stop(self) -> None:
         """Stop listening."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _listen(self) -> None:
         while True:

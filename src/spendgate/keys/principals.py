@@ -22,6 +22,7 @@ from spendgate.errors import InvalidAPIKey
 from spendgate.keys.material import hash_key
 from spendgate.ledger.records import KeyRecord, UserRecord
 from spendgate.ledger.store import Store
+from spendgate.tasks import cancel_and_wait
 
 _MAX_ENTRIES = 100_000
 _MAX_MISSES = 10_000
@@ -113,11 +114,8 @@ class PrincipalCache:
 
     async def stop(self) -> None:
         """Stop watching."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def refresh(self) -> None:
         """Drop the cache if another process changed users or keys."""

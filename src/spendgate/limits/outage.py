@@ -8,7 +8,6 @@ counters catch up with what the ledger recorded meanwhile.
 """
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from spendgate.errors import LimitsUnavailable
 from spendgate.limits.backend import Grant, LimitBackend, RateRule, RateState, Refusal, SpendRule
+from spendgate.tasks import cancel_and_wait
 
 log = logging.getLogger("spendgate")
 
@@ -121,11 +121,8 @@ class OutageGuard:
 
     async def close(self) -> None:
         """Stop replaying (what is left stays in the ledger, which rebuilds nothing here)."""
-        if self._replay is not None:
-            self._replay.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._replay
-            self._replay = None
+        await cancel_and_wait(self._replay)
+        self._replay = None
 
     # internals
 
