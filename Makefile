@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint format bench bench-peers bench-ledger bench-soak services clean
+.PHONY: run test lint format bench bench-peers bench-ledger bench-soak services browser screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +21,19 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed
 	$(BIN)/spendgate run
 
-## test: install dev dependencies, start local services, run every test
-test: $(VENV)/.installed-dev services
+## test: install dev dependencies, start local services, install Chromium, run every test
+test: $(VENV)/.installed-dev services browser
 	$(BIN)/pytest -q
 
 services:
 	@bash scripts/start-services.sh
+
+## screenshots: the browser test that photographs every console page, into docs/screenshots/
+screenshots: $(VENV)/.installed-dev services browser
+	SPENDGATE_SCREENSHOTS=1 $(BIN)/pytest -q tests/web/test_browser.py -k screenshots
+
+browser:
+	@bash scripts/install-browser.sh
 
 ## lint: ruff and mypy --strict
 lint: $(VENV)/.installed-dev

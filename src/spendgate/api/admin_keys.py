@@ -37,9 +37,8 @@ async def find_key(runtime: Runtime, id_or_key: str) -> KeyRecord:
     return record
 
 
-@router.post("", status_code=201, response_class=ExactJSONResponse)
-async def create_key(body: KeyCreate, runtime: RuntimeDep) -> ExactJSONResponse:
-    """Create a key (and its user if absent); the key is shown here once."""
+async def issue_key(runtime: Runtime, body: KeyCreate) -> tuple[str, KeyRecord]:
+    """Create the key `body` describes (and its user if absent): the key and its record."""
     key = new_key()
     record = await runtime.store.create_key(
         str(body.user or body.label),
@@ -53,6 +52,35 @@ async def create_key(body: KeyCreate, runtime: RuntimeDep) -> ExactJSONResponse:
         limits=body.limits.as_dict() if body.limits else None,
     )
     await runtime.principals.changed()
+    return key, record
+
+
+async def revoke(runtime: Runtime, id_or_key: str) -> KeyRecord:
+    """Revoke a key by id or full key; new requests with it are refused at once."""
+    record = await find_key(runtime, id_or_key)
+    revoked = await runtime.store.revoke_key(record.id)
+    await runtime.principals.changed()
+    return revoked or record
+
+
+async def patch_key(runtime: Runtime, key_id: int, body: KeyPatch) -> KeyRecord:
+    """Apply the fields set in `body` to key `key_id`; `NotFound` if there is none."""
+    if not 0 <= key_id <= MAX_KEY_ID:
+        raise NotFound("No such key.")
+    fields = body.model_dump(exclude_unset=True)
+    if "limits" in fields:
+        fields["limits"] = body.limits.as_dict() if body.limits else None
+    record = await runtime.store.update_key(key_id, **fields)
+    if record is None:
+        raise NotFound("No such key.")
+    await runtime.principals.changed()
+    return record
+
+
+@router.post("", status_code=201, response_class=ExactJSONResponse)
+async def create_key(body: KeyCreate, runtime: RuntimeDep) -> ExactJSONResponse:
+    """Create a key (and its user if absent); the key is shown here once."""
+    key, record = await issue_key(runtime, body)
     return ExactJSONResponse({**key_json(record), "key": key}, status_code=201)
 
 
@@ -65,22 +93,10 @@ async def list_keys(runtime: RuntimeDep, user: str | None = None) -> ExactJSONRe
 @router.post("/{id_or_key}/revoke", response_class=ExactJSONResponse)
 async def revoke_key(id_or_key: str, runtime: RuntimeDep) -> ExactJSONResponse:
     """Revoke a key; new requests with it are refused at once."""
-    record = await find_key(runtime, id_or_key)
-    revoked = await runtime.store.revoke_key(record.id)
-    await runtime.principals.changed()
-    return ExactJSONResponse(key_json(revoked or record))
+    return ExactJSONResponse(key_json(await revoke(runtime, id_or_key)))
 
 
 @router.patch("/{key_id}", response_class=ExactJSONResponse)
 async def update_key(key_id: int, body: KeyPatch, runtime: RuntimeDep) -> ExactJSONResponse:
     """Change a key's note, budget, models, expiry or limits."""
-    if not 0 <= key_id <= MAX_KEY_ID:
-        raise NotFound("No such key.")
-    fields = body.model_dump(exclude_unset=True)
-    if "limits" in fields:
-        fields["limits"] = body.limits.as_dict() if body.limits else None
-    record = await runtime.store.update_key(key_id, **fields)
-    if record is None:
-        raise NotFound("No such key.")
-    await runtime.principals.changed()
-    return ExactJSONResponse(key_json(record))
+    return ExactJSONResponse(key_json(await patch_key(runtime, key_id, body)))

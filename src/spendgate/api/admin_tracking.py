@@ -8,6 +8,8 @@ from spendgate.api.schemas import TrackingTokenCreate, TrackingTokenPatch, track
 from spendgate.errors import NotFound
 from spendgate.exact_json import ExactJSONResponse
 from spendgate.keys.material import display_key, hash_key, new_tracking_token
+from spendgate.ledger.tracking import TrackingTokenRecord
+from spendgate.runtime import Runtime
 
 router = APIRouter(
     prefix="/admin/tracking-tokens", tags=["admin: tracking tokens"], dependencies=[AdminDep]
@@ -27,13 +29,21 @@ async def create_tracking_token(
     body: TrackingTokenCreate, runtime: RuntimeDep
 ) -> ExactJSONResponse:
     """Create a tracking token (and its user if absent); the token is shown here once."""
+    token, record = await issue_tracking_token(runtime, body)
+    return ExactJSONResponse({**tracking_token_json(record), "token": token}, status_code=201)
+
+
+async def issue_tracking_token(
+    runtime: Runtime, body: TrackingTokenCreate
+) -> tuple[str, TrackingTokenRecord]:
+    """A new tracking token (its user created if absent): the token, shown once, and its record."""
     if body.user is not None:
         await runtime.store.ensure_user(body.user)
     token = new_tracking_token()
     record = await runtime.tracking.create(
         body.name, body.user, hash_key(token), display_key(token)
     )
-    return ExactJSONResponse({**tracking_token_json(record), "token": token}, status_code=201)
+    return token, record
 
 
 @router.get("", response_class=ExactJSONResponse)

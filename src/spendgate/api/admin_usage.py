@@ -1,7 +1,7 @@
 """Admin API: usage reports, CSV export, monitor and retention."""
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
@@ -19,6 +19,7 @@ from spendgate.ledger.reports import (
     purge_before,
     usage_report,
 )
+from spendgate.runtime import Runtime
 
 router = APIRouter(prefix="/admin", tags=["admin: usage"], dependencies=[AdminDep])
 
@@ -54,15 +55,20 @@ async def usage(
     return ExactJSONResponse(await usage_report(runtime.engine, flt, grouping))
 
 
-@router.get("/usage.csv", response_class=StreamingResponse)
-async def usage_csv(runtime: RuntimeDep, flt: UsageFilterDep) -> StreamingResponse:
-    """One CSV row per request, header first, streamed."""
+def usage_csv_response(runtime: Runtime, flt: UsageFilter) -> StreamingResponse:
+    """The CSV download of `flt`'s events (the admin API's and the console's)."""
     filename = f"spendgate-usage-{flt.start}-{flt.end}.csv"
     return StreamingResponse(
         iter_usage_csv(runtime.engine, flt),
         media_type="text/csv; charset=utf-8",
         headers={"content-disposition": f'attachment; filename="{filename}"'},
     )
+
+
+@router.get("/usage.csv", response_class=StreamingResponse)
+async def usage_csv(runtime: RuntimeDep, flt: UsageFilterDep) -> StreamingResponse:
+    """One CSV row per request, header first, streamed."""
+    return usage_csv_response(runtime, flt)
 
 
 @router.get("/usage/{id_or_key}", response_class=ExactJSONResponse)
@@ -83,9 +89,8 @@ async def delete_usage(runtime: RuntimeDep, before: str | None = None) -> ExactJ
     return ExactJSONResponse({"deleted": await purge_before(runtime.engine, day)})
 
 
-@router.get("/monitor", response_class=ExactJSONResponse)
-async def monitor_view(runtime: RuntimeDep) -> ExactJSONResponse:
-    """Totals today, active users, top users, recent requests, writer health."""
+async def monitor_data(runtime: Runtime) -> dict[str, Any]:
+    """Totals today, active users, top users, recent requests and the writer's health."""
     data = await monitor(runtime.engine, datetime.now(UTC).date())
     writer = runtime.writer
     data["writer"] = {
@@ -95,4 +100,10 @@ async def monitor_view(runtime: RuntimeDep) -> ExactJSONResponse:
         "retries": writer.retries,
         "last_error": writer.last_error,
     }
-    return ExactJSONResponse(data)
+    return data
+
+
+@router.get("/monitor", response_class=ExactJSONResponse)
+async def monitor_view(runtime: RuntimeDep) -> ExactJSONResponse:
+    """Totals today, active users, top users, recent requests, writer health."""
+    return ExactJSONResponse(await monitor_data(runtime))

@@ -10,9 +10,14 @@ from spendgate.api import admin_keys, admin_tracking, admin_usage, admin_users, 
 from spendgate.errors import FrameworkHTTPError, GatewayError, InvalidRequest, NotFound
 from spendgate.runtime import Runtime
 from spendgate.web import console
+from spendgate.web.render import console_error_page
 
 
-def _render(error: GatewayError) -> Response:
+def _render(request: Request, error: GatewayError) -> Response:
+    """The OpenAI-shaped JSON error; under /ui/, the console's HTML error page instead."""
+    page = console_error_page(request, error.status, error.message, error.headers)
+    if page is not None:
+        return page
     headers = {name.decode(): value.decode() for name, value in error.headers}
     return Response(error.body(), status_code=error.status, media_type="application/json",
                     headers=headers)  # fmt: skip
@@ -20,7 +25,7 @@ def _render(error: GatewayError) -> Response:
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
-    return _render(exc)
+    return _render(request, exc)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -29,17 +34,17 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
     param = ".".join(location) or None
     message = f"{param}: {first['msg']}" if param else str(first["msg"])
-    return _render(InvalidRequest(message, param=param))
+    return _render(request, InvalidRequest(message, param=param))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        return _render(NotFound("Not found."))
+        return _render(request, NotFound("Not found."))
     # Starlette's own errors (405 with its Allow header, ...): keep status and headers.
     headers = [(name.encode(), value.encode()) for name, value in (exc.headers or {}).items()]
     error = FrameworkHTTPError(exc.status_code, str(exc.detail), headers=headers)
-    return _render(error)
+    return _render(request, error)
 
 
 def build_api(runtime: Runtime) -> FastAPI:
