@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from tests.stacks import COVERING
-from tests.support import ADMIN_TOKEN
+from tests.support import ADMIN_TOKEN, assert_openai_error, parse_time
 
 # Tests whose outcome depends on the database or the limit backend run on each of them.
 across_stacks = pytest.mark.matrix(COVERING)
@@ -39,21 +39,6 @@ CREATED_KEY_FIELDS = {
 }
 LISTED_KEY_FIELDS = (CREATED_KEY_FIELDS - {"key"}) | {"revoked_at", "last_used_at"}
 KEY_SHAPE = re.compile(r"^sg-[A-Za-z0-9_-]{32,}$")
-
-
-def assert_openai_error(response, status, code, param=None):
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) >= {"message", "type", "code", "param"}
-    assert error["code"] == code
-    assert isinstance(error["message"], str) and error["message"]
-    if param is not None:
-        assert error["param"] == param
-    return error
-
-
-def parse_time(text):
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 async def chat(gateway, key):

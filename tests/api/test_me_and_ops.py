@@ -8,6 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.stacks import COVERING
+from tests.support import assert_openai_error, parse_time
 
 # Tests whose outcome depends on the database or the limit backend run on each of them.
 across_stacks = pytest.mark.matrix(COVERING)
@@ -46,17 +47,6 @@ NON_PROXY_ROUTES = {
 def exact_json(response):
     assert response.status_code == 200, response.text
     return json.loads(response.text, parse_float=Decimal)
-
-
-def parse_time(text):
-    return None if text is None else datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def assert_openai_error(response, status, code):
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) >= {"message", "type", "code", "param"}
-    assert error["code"] == code and error["message"]
 
 
 async def admin_post(gateway, path, body):

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from spendgate.keys.material import display_key
+from tests.support import assert_openai_error
 
 KEY_SHAPE = re.compile(r"^sg-[A-Za-z0-9_-]{32,}$")
 CREATED_FIELDS = {"user", "key", "display", "note", "created_at"}
@@ -16,17 +17,6 @@ SSO = {
     "trusted_proxies": ["127.0.0.1/32"],
     "trusted_user_header": "X-Forwarded-User",
 }
-
-
-def assert_openai_error(response, status, code, param=None):
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) >= {"message", "type", "code", "param"}
-    assert error["code"] == code
-    assert isinstance(error["message"], str) and error["message"]
-    if param is not None:
-        assert error["param"] == param
-    return error
 
 
 async def chat(gateway, key):

@@ -7,6 +7,7 @@ import pytest
 
 from spendgate.keys.material import hash_key
 from tests.stacks import COVERING
+from tests.support import assert_openai_error, parse_time
 
 across_stacks = pytest.mark.matrix(COVERING)
 
@@ -14,21 +15,6 @@ CREATED_FIELDS = {"id", "token", "name", "user", "display", "active", "created_a
 LISTED_FIELDS = CREATED_FIELDS - {"token"}
 TOKEN_SHAPE = re.compile(r"^sgt-[A-Za-z0-9_-]{43}$")
 BASE = "/admin/tracking-tokens"
-
-
-def assert_openai_error(response, status, code, param=None):
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) >= {"message", "type", "code", "param"}
-    assert error["code"] == code
-    assert isinstance(error["message"], str) and error["message"]
-    if param is not None:
-        assert error["param"] == param
-    return error
-
-
-def parse_time(text):
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 @across_stacks
