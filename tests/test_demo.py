@@ -37,6 +37,7 @@ async def test_the_demo_serves_its_printed_key_and_shows_budget_credits_and_limi
         admin = re.search(r"admin token\s+:\s+(\S+)", printed)
         assert key and admin, printed
         url = f"http://127.0.0.1:{port}"
+        assert f"web console : {url}/ui/" in printed, printed
         client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key[1], max_retries=0)
         async with client:
             reply = await client.chat.completions.create(
@@ -46,10 +47,12 @@ async def test_the_demo_serves_its_printed_key_and_shows_budget_credits_and_limi
         async with httpx.AsyncClient(base_url=url, timeout=10) as http:
             me = (await http.get("/me", headers={"Authorization": f"Bearer {key[1]}"})).json()
             usage = await http.get("/admin/usage", headers={"Authorization": f"Bearer {admin[1]}"})
+            login = await http.get("/ui/login")
         assert me["budget"]["period"] == "daily"
         assert Decimal(str(me["balance_usd"])) < 5  # the request was charged to the credit
         assert me["limits"]["requests_per_minute"]["remaining"] == 59
         assert usage.status_code == 200
+        assert login.status_code == 200 and 'id="admin-login"' in login.text
         process.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(process.wait(), 30) in (0, 1, -signal.SIGINT, 130)
     finally:

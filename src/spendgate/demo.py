@@ -56,6 +56,10 @@ def run_demo(settings: Settings, host: str, port: int) -> None:
             console.print(f"\n[bold]spendgate demo[/bold] on {url} (fake upstream at {base})")
             console.print(f"  admin token : {admin_token}")
             console.print(f"  demo key    : {key}  (user 'demo', key id {record.id})")
+            console.print(
+                f"  web console : {url}/ui/  (sign in with the admin token, or the demo key)",
+                highlight=False,
+            )
             console.print("\nTry it:\n")
             console.print(
                 f"  curl -s {url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
