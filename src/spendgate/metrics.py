@@ -74,19 +74,20 @@ class GatewayMetrics:
         )  # fmt: skip
 
     def observe(self, event: UsageEvent) -> None:
-        """Count one recorded request."""
+        """Count one recorded request (proxied or ingested)."""
         model = event.model or "-"
         endpoint = event.endpoint
         key = (endpoint, model, str(event.status))
         requests = self.requests
         requests[key] = requests.get(key, 0) + 1
-        seconds = event.latency_ms / 1000
-        buckets = self.duration_buckets.get(endpoint)
-        if buckets is None:
-            buckets = self.duration_buckets[endpoint] = [0] * (len(_DURATION_BUCKETS) + 1)
-            self.duration_sum[endpoint] = 0.0
-        buckets[bisect_left(_DURATION_BUCKETS, seconds)] += 1
-        self.duration_sum[endpoint] += seconds
+        if event.source == "proxy":  # an ingested event's request was never timed here
+            seconds = event.latency_ms / 1000
+            buckets = self.duration_buckets.get(endpoint)
+            if buckets is None:
+                buckets = self.duration_buckets[endpoint] = [0] * (len(_DURATION_BUCKETS) + 1)
+                self.duration_sum[endpoint] = 0.0
+            buckets[bisect_left(_DURATION_BUCKETS, seconds)] += 1
+            self.duration_sum[endpoint] += seconds
         if event.total_tokens or event.prompt_tokens:
             tokens = self.tokens
             counts = (

@@ -6,7 +6,16 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from spendgate import __version__
-from spendgate.api import admin_keys, admin_tracking, admin_usage, admin_users, me, ops, public
+from spendgate.api import (
+    admin_keys,
+    admin_tracking,
+    admin_usage,
+    admin_users,
+    ingest,
+    me,
+    ops,
+    public,
+)
 from spendgate.errors import FrameworkHTTPError, GatewayError, InvalidRequest, NotFound
 from spendgate.runtime import Runtime
 from spendgate.web import console
@@ -59,7 +68,7 @@ def build_api(runtime: Runtime) -> FastAPI:
     api.add_exception_handler(GatewayError, _gateway_error)
     api.add_exception_handler(RequestValidationError, _validation_error)
     api.add_exception_handler(HTTPException, _http_error)
-    for module in (admin_users, admin_keys, admin_tracking, admin_usage, me, public, ops):
+    for module in (admin_users, admin_keys, admin_tracking, admin_usage, ingest, me, public, ops):
         api.include_router(module.router)
     console.install(api)
     return api

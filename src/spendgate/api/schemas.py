@@ -101,6 +101,42 @@ class TrackingTokenPatch(BaseModel):
         return self
 
 
+# Client-push ingestion (POST /ingest). Token counts are strict integers: "12", 12.0 and
+# true are refused rather than coerced, and anything over a billion is a client's bug.
+MAX_INGEST_TOKENS = 10**9
+TokenCount = Annotated[int, Field(strict=True, ge=0, le=MAX_INGEST_TOKENS)]
+
+
+class IngestEvent(BaseModel):
+    """One usage event pushed by a client that called a provider directly."""
+
+    model_config = ConfigDict(extra="forbid")
+    tracking_token: Annotated[str, Field(min_length=1, max_length=200)]
+    model: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")]
+    prompt_tokens: TokenCount
+    completion_tokens: TokenCount
+    total_tokens: TokenCount | None = None
+    cached_tokens: TokenCount = 0
+    reasoning_tokens: TokenCount = 0
+    timestamp: datetime | None = None  # ISO-8601; without an offset it is UTC
+    request_id: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    end_user: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+
+    def inconsistency(self) -> tuple[str, str] | None:
+        """(field, message) for counts that contradict each other, else None."""
+        expected = self.prompt_tokens + self.completion_tokens
+        if self.total_tokens is not None and self.total_tokens != expected:
+            return "total_tokens", (
+                f"must equal prompt_tokens + completion_tokens ({expected}), "
+                f"not {self.total_tokens}"
+            )
+        if self.cached_tokens > self.prompt_tokens:
+            return "cached_tokens", "must not exceed prompt_tokens"
+        if self.reasoning_tokens > self.completion_tokens:
+            return "reasoning_tokens", "must not exceed completion_tokens"
+        return None
+
+
 class SelfServiceKeyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # The username's own rules (keys/self_service.py) give the 400; this only bounds it.
