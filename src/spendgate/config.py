@@ -178,6 +178,25 @@ class Settings(BaseSettings):
         validation_alias=_env("SPENDGATE_SELF_SERVICE_TRUSTED_ONLY"),
         description="Self-service keys only for the trusted-header identity, in its own name.",
     )
+    alert_webhook_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        validation_alias=_env("SPENDGATE_ALERT_WEBHOOK_URL"),
+        description="http(s) URL budget and credit alerts are posted to as JSON; none: "
+        "alerts are only recorded.",
+    )
+    alert_check_seconds: float = Field(
+        30.0,
+        gt=0,
+        validation_alias=_env("SPENDGATE_ALERT_CHECK_SECONDS"),
+        description="Seconds between checks of budgets and balances for alerts.",
+    )
+    alert_low_balance_usd: Decimal = Field(
+        Decimal(1),
+        ge=0,
+        validation_alias=_env("SPENDGATE_ALERT_LOW_BALANCE_USD"),
+        description="A credit balance below this many USD raises a low-balance alert.",
+    )
     trusted_user_header: str | None = Field(
         None,
         validation_alias=_env("SPENDGATE_TRUSTED_USER_HEADER"),

@@ -5,9 +5,11 @@ from datetime import UTC, datetime
 
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from spendgate.alerts import AlertMonitor
 from spendgate.config import ConfigError, Settings
 from spendgate.keys.broadcast import KeyChanges
 from spendgate.keys.principals import PrincipalCache
+from spendgate.ledger.alerts import AlertStore
 from spendgate.ledger.engine import create_engine, normalize_database_url, upgrade
 from spendgate.ledger.store import AccountDefaults, Store
 from spendgate.ledger.tracking import TrackingTokenStore
@@ -101,6 +103,14 @@ class Runtime:
         )
         self.drains = DrainPool(settings.max_drains)
         self.recorder = Recorder(self.writer, self.prices, self.estimator, self.metrics)
+        self.alerts = AlertMonitor(
+            self.store,
+            self.limits,
+            AlertStore(self.engine),
+            webhook_url=settings.alert_webhook_url,
+            interval=settings.alert_check_seconds,
+            low_balance_usd=settings.alert_low_balance_usd,
+        )
 
     async def start(self) -> None:
         """Migrate the database, start the writer, the key-cache watcher and the upstream pool."""
@@ -110,9 +120,11 @@ class Runtime:
         if self.key_changes is not None:
             await self.key_changes.start()
         await self.upstream.open()
+        await self.alerts.start()
 
     async def stop(self) -> None:
         """Finish drains, write every queued event, close pools. Loses nothing."""
+        await self.alerts.stop()
         await self.drains.wait()
         await self.writer.stop()
         await self.principals.stop()

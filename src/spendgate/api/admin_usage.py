@@ -6,6 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
+from spendgate.alerts import delivery_json
 from spendgate.api.admin_keys import find_key
 from spendgate.api.deps import AdminDep, RuntimeDep
 from spendgate.api.usage_query import check_group_by, parse_day, usage_filter
@@ -100,6 +101,7 @@ async def monitor_data(runtime: Runtime) -> dict[str, Any]:
         "retries": writer.retries,
         "last_error": writer.last_error,
     }
+    data["alerts"] = [delivery_json(alert) for alert in await runtime.alerts.alerts.recent(50)]
     return data
 
 
@@ -107,3 +109,10 @@ async def monitor_data(runtime: Runtime) -> dict[str, Any]:
 async def monitor_view(runtime: RuntimeDep) -> ExactJSONResponse:
     """Totals today, active users, top users, recent requests, writer health."""
     return ExactJSONResponse(await monitor_data(runtime))
+
+
+@router.get("/alerts", response_class=ExactJSONResponse)
+async def alerts_view(runtime: RuntimeDep) -> ExactJSONResponse:
+    """The latest 50 budget and balance alerts, newest first, with their delivery state."""
+    alerts = await runtime.alerts.alerts.recent(50)
+    return ExactJSONResponse({"alerts": [delivery_json(alert) for alert in alerts]})

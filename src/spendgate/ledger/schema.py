@@ -276,6 +276,42 @@ class UsageDailyUser(RollupSums, Base):
     source: Mapped[str] = mapped_column(String(SOURCE_LEN), primary_key=True)
 
 
+class AlertRow(Base):
+    """One budget or balance threshold crossed, recorded once per subject, threshold, period.
+
+    The unique key makes the insert the decision: of several gateway instances that see the
+    same crossing, only the one whose insert lands records it. `period_key` names the budget
+    period (`monthly:2026-11-01`) or, for balances, the credit total it was crossed under.
+    """
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        UniqueConstraint(
+            "subject_kind", "subject_id", "threshold", "period_key", name="uq_alerts_crossing"
+        ),
+        Index(None, "delivered_at", "next_attempt_at"),
+        MYSQL_TABLE_ARGS,
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    subject_kind: Mapped[str] = mapped_column(String(8))  # user | key
+    subject_id: Mapped[int] = mapped_column(Integer)
+    user_name: Mapped[str] = mapped_column(String(USER_LEN))
+    key_display: Mapped[str | None] = mapped_column(String(64))
+    threshold: Mapped[str] = mapped_column(String(32))
+    period: Mapped[str | None] = mapped_column(String(16))
+    period_start: Mapped[date | None] = mapped_column(Date)
+    period_key: Mapped[str] = mapped_column(String(64))
+    budget_pico: Mapped[int | None] = mapped_column(BigInteger)
+    spend_pico: Mapped[int | None] = mapped_column(BigInteger)
+    balance_pico: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(String(500))
+
+
 class Meta(Base):
     """Named counters; `principal_generation` moves on every user/key change."""
 
