@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint format bench bench-peers bench-ledger bench-soak services browser screenshots clean
+.PHONY: run test lint format bench bench-peers bench-ledger bench-soak services browser influxdb screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,8 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed
 	$(BIN)/spendgate run
 
-## test: install dev dependencies, start local services, install Chromium, run every test
-test: $(VENV)/.installed-dev services browser
+## test: install dev dependencies, start local services, install Chromium and InfluxDB, run every test
+test: $(VENV)/.installed-dev services browser influxdb
 	$(BIN)/pytest -q
 
 services:
@@ -34,6 +34,9 @@ screenshots: $(VENV)/.installed-dev services browser
 
 browser:
 	@bash scripts/install-browser.sh
+
+influxdb:
+	@bash scripts/install-influxdb.sh
 
 ## lint: ruff and mypy --strict
 lint: $(VENV)/.installed-dev

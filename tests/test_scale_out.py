@@ -93,6 +93,8 @@ async def cluster(
             # the database poll would see a revoke only after a minute: pub/sub must do it
             "SPENDGATE_PRINCIPAL_REFRESH_SECONDS": "60",
             "MODEL_PRICING_JSON": PRICING,
+            # nobody reads the pipe after "listening": one JSON line per request would fill it
+            "SPENDGATE_REQUEST_LOG": "false",
         }
         processes.append(
             await asyncio.create_subprocess_exec(

@@ -68,6 +68,7 @@ class SpendgateApp:
             upstream=runtime.upstream,
             recorder=runtime.recorder,
             drains=runtime.drains,
+            metrics=runtime.metrics,
             default_model=settings.default_model,
             max_body_bytes=settings.max_body_bytes,
             key_in_path=settings.key_in_path,

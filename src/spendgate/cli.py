@@ -154,10 +154,11 @@ def serve(
 
 def _serve(settings: Settings, host: str, port: int, workers: int = 1) -> None:
     from spendgate.app import create_app
-    from spendgate.server import configure_logging, serve_app, serve_workers
+    from spendgate.logs import configure_logging
+    from spendgate.server import serve_app, serve_workers
 
     try:
-        configure_logging(str(settings.log_path) if settings.log_path else None)
+        configure_logging(settings)
     except OSError as exc:
         fail(f"invalid setting SPENDGATE_LOG_PATH: cannot open {settings.log_path}: {exc.strerror}")
     console = Console(stderr=True)

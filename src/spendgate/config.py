@@ -197,6 +197,84 @@ class Settings(BaseSettings):
         validation_alias=_env("SPENDGATE_ALERT_LOW_BALANCE_USD"),
         description="A credit balance below this many USD raises a low-balance alert.",
     )
+    metrics_user_labels: bool = Field(
+        False,
+        validation_alias=_env("SPENDGATE_METRICS_USER_LABELS"),
+        description="Export per-user request, token and cost counters on /metrics (one "
+        "series per user: keep off with many users).",
+    )
+    request_log: bool = Field(
+        True,
+        validation_alias=_env("SPENDGATE_REQUEST_LOG"),
+        description="Write one JSON line per request to stderr and the log file.",
+    )
+    log_max_bytes: int = Field(
+        100 * _MiB,
+        ge=1024,
+        validation_alias=_env("SPENDGATE_LOG_MAX_BYTES"),
+        description="Size at which the log file is rotated.",
+    )
+    log_backups: int = Field(
+        5,
+        ge=0,
+        le=1000,
+        validation_alias=_env("SPENDGATE_LOG_BACKUPS"),
+        description="Rotated log files kept (spendgate.log.1 …).",
+    )
+    influxdb_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        validation_alias=_env("SPENDGATE_INFLUXDB_URL"),
+        description="InfluxDB server every usage event is also written to, as line protocol; "
+        "none: no export.",
+    )
+    influxdb_database: str | None = Field(
+        None,
+        validation_alias=_env("SPENDGATE_INFLUXDB_DATABASE"),
+        description="InfluxDB 1.x database (the /write API).",
+    )
+    influxdb_bucket: str | None = Field(
+        None,
+        validation_alias=_env("SPENDGATE_INFLUXDB_BUCKET"),
+        description="InfluxDB 2.x/3.x bucket (the /api/v2/write API), with SPENDGATE_INFLUXDB_ORG.",
+    )
+    influxdb_org: str | None = Field(
+        None,
+        validation_alias=_env("SPENDGATE_INFLUXDB_ORG"),
+        description="InfluxDB 2.x organisation of the bucket.",
+    )
+    influxdb_token: SecretStr | None = Field(
+        None,
+        validation_alias=_env("SPENDGATE_INFLUXDB_TOKEN"),
+        description="InfluxDB API token (2.x), or user:password (1.x).",
+    )
+    otel: bool = Field(
+        False,
+        validation_alias=_env("SPENDGATE_OTEL"),
+        description="Export an OpenTelemetry span per request (GenAI semantic conventions) "
+        "over OTLP/HTTP.",
+    )
+    otel_endpoint: str = Field(
+        "http://localhost:4318/v1/traces",
+        pattern=r"^https?://",
+        validation_alias=_env(
+            "SPENDGATE_OTEL_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ),
+        description="OTLP/HTTP traces endpoint the spans are sent to.",
+    )
+    otel_service_name: str = Field(
+        "spendgate",
+        min_length=1,
+        validation_alias=_env("SPENDGATE_OTEL_SERVICE_NAME", "OTEL_SERVICE_NAME"),
+        description="service.name of the exported spans.",
+    )
+    ingest_events_per_minute: int = Field(
+        10_000,
+        gt=0,
+        validation_alias=_env("SPENDGATE_INGEST_EVENTS_PER_MINUTE"),
+        description="Events each tracking token may push to /ingest per minute (429 beyond).",
+    )
     trusted_user_header: str | None = Field(
         None,
         validation_alias=_env("SPENDGATE_TRUSTED_USER_HEADER"),

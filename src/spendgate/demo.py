@@ -16,9 +16,10 @@ def run_demo(settings: Settings, host: str, port: int) -> None:
     """Start a fake upstream and the gateway; print an admin token, a key and a curl line."""
     from spendgate.app import create_app
     from spendgate.cli import run_async
-    from spendgate.server import configure_logging, serve_app
+    from spendgate.logs import configure_logging
+    from spendgate.server import serve_app
 
-    configure_logging(str(settings.log_path) if settings.log_path else None)
+    configure_logging(settings)
     console = Console()
 
     async def main() -> None:

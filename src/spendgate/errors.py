@@ -133,6 +133,12 @@ class LimitsUnavailable(GatewayError):
     type = "server_error"
 
 
+class DatabaseUnavailable(GatewayError):
+    status = 503
+    code = "database_unavailable"
+    type = "server_error"
+
+
 class UpstreamTimeout(GatewayError):
     status = 504
     code = "upstream_timeout"

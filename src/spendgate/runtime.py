@@ -1,16 +1,19 @@
 """The runtime: every long-lived component, built from settings, started in the lifespan."""
 
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from spendgate.alerts import AlertMonitor
 from spendgate.config import ConfigError, Settings
+from spendgate.exports import build_exports
 from spendgate.keys.broadcast import KeyChanges
 from spendgate.keys.principals import PrincipalCache
 from spendgate.ledger.alerts import AlertStore
 from spendgate.ledger.engine import create_engine, normalize_database_url, upgrade
+from spendgate.ledger.events import UsageEvent
 from spendgate.ledger.store import AccountDefaults, Store
 from spendgate.ledger.tracking import TrackingTokenStore
 from spendgate.ledger.writer import LedgerWriter
@@ -22,10 +25,11 @@ from spendgate.limits.policy import LimitPolicy
 from spendgate.limits.redis import RedisBackend
 from spendgate.metering.estimate import TokenEstimator
 from spendgate.metering.pricing import PriceBook, PricingConfigError, load_overrides
-from spendgate.metrics import GatewayMetrics
+from spendgate.metrics import ExportState, GatewayMetrics, RuntimeState
 from spendgate.proxy.drains import DrainPool
 from spendgate.proxy.recorder import Recorder
 from spendgate.proxy.upstream import UpstreamClient, UpstreamTarget
+from spendgate.request_log import RequestLog
 
 log = logging.getLogger("spendgate")
 
@@ -42,7 +46,10 @@ class Runtime:
             database_url = normalize_database_url(settings.database)
         except (PricingConfigError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
-        self.metrics = GatewayMetrics()
+        self.metrics = GatewayMetrics(
+            user_labels=settings.metrics_user_labels, state=self.metrics_state
+        )
+        self.exports = build_exports(settings)
         self.estimator = TokenEstimator()
         self.engine = create_engine(database_url)
         self.store = Store(self.engine, account_defaults(settings))
@@ -51,7 +58,8 @@ class Runtime:
             self.engine,
             flush_interval=settings.flush_interval_ms / 1000,
             max_queue=settings.write_queue_max,
-            on_written=self.metrics.written,
+            on_written=self.events_written,
+            on_flushed=self.metrics.flushed,
         )
         self.redis = open_redis(settings) if settings.redis_url else None
         self.key_changes = (
@@ -102,7 +110,10 @@ class Runtime:
             backend, self.prices, default_max_tokens=settings.default_max_tokens
         )
         self.drains = DrainPool(settings.max_drains)
-        self.recorder = Recorder(self.writer, self.prices, self.estimator, self.metrics)
+        self.request_log = RequestLog() if settings.request_log else None
+        self.recorder = Recorder(
+            self.writer, self.prices, self.estimator, self.metrics, self.request_log
+        )
         self.alerts = AlertMonitor(
             self.store,
             self.limits,
@@ -116,6 +127,10 @@ class Runtime:
         """Migrate the database, start the writer, the key-cache watcher and the upstream pool."""
         await upgrade(self.engine)
         self.writer.start()
+        for export in self.exports:
+            await export.start()
+        if self.request_log is not None:
+            await self.request_log.start()
         await self.principals.start()
         if self.key_changes is not None:
             await self.key_changes.start()
@@ -127,6 +142,10 @@ class Runtime:
         await self.alerts.stop()
         await self.drains.wait()
         await self.writer.stop()
+        for export in self.exports:
+            await export.stop()
+        if self.request_log is not None:
+            await self.request_log.stop()
         await self.principals.stop()
         if self.key_changes is not None:
             await self.key_changes.stop()
@@ -136,6 +155,33 @@ class Runtime:
             await self.redis.aclose()
         await self.upstream.close()
         await self.engine.dispose()
+
+    def events_written(self, events: Sequence[UsageEvent]) -> None:
+        """Committed events (by the writer or /ingest): count them and hand them to exports."""
+        self.metrics.written(events)
+        for export in self.exports:
+            export.add(events)
+
+    def metrics_state(self) -> RuntimeState:
+        """The other components' numbers, for a /metrics scrape."""
+        return RuntimeState(
+            queue_depth=self.writer.queue_depth,
+            drains_active=self.drains.active,
+            events_dropped=self.writer.dropped,
+            events_retried=self.writer.events_retried,
+            reservations_open=self.limits.reservations_open,
+            reserved_pico=self.limits.reserved_pico,
+            settlements_pending=self.guard.backlog if self.guard is not None else 0,
+            redis_errors=self.guard.errors if self.guard is not None else 0,
+            database_errors={
+                "ledger_write": self.writer.retries,
+                "key_lookup": self.principals.lookup_errors,
+                "key_refresh": self.principals.refresh_errors,
+            },
+            exports=[
+                ExportState(e.name, e.sent, e.dropped, e.retries, e.buffered) for e in self.exports
+            ],
+        )
 
     def _keys_changed(self) -> None:
         self.principals.invalidate()

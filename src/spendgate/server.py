@@ -391,15 +391,3 @@ async def _stop_without_parent(server: uvicorn.Server, parent_pid: int) -> None:
             break
     log.warning("the parent process %d is gone; stopping", parent_pid)
     server.should_exit = True
-
-
-def configure_logging(log_path: str | None) -> None:
-    """Log to stderr and, if configured, to a file."""
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
-    if log_path:
-        handlers.append(logging.FileHandler(log_path))
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=handlers, force=True,
-    )  # fmt: skip
-    logging.getLogger("alembic").setLevel(logging.WARNING)

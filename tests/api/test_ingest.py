@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from spendgate.api.ingest import EVENTS_PER_MINUTE, MAX_EVENTS
+from spendgate.api.ingest import MAX_EVENTS
 from spendgate.metering.usage import Usage
 from tests.stacks import COVERING
 from tests.support import assert_openai_error
@@ -298,17 +298,18 @@ async def test_a_batch_over_the_limit_is_refused(make_gateway):
 
 
 async def test_each_token_has_its_own_rate_limit(make_gateway):
-    async with make_gateway(ingest_key=INGEST_KEY) as gw:
+    per_minute = 3 * MAX_EVENTS
+    async with make_gateway(ingest_key=INGEST_KEY, ingest_events_per_minute=per_minute) as gw:
         token = (await new_token(gw, "busy"))["token"]
         other = (await new_token(gw, "quiet"))["token"]
         events = [event(token, request_id=str(i)) for i in range(MAX_EVENTS)]
-        for sent in range(0, EVENTS_PER_MINUTE, MAX_EVENTS):
+        for sent in range(0, per_minute, MAX_EVENTS):
             expected = {
                 "accepted": 0 if sent else MAX_EVENTS,
                 "duplicates": MAX_EVENTS if sent else 0,
             }
             await accepted(gw, {"events": events}, expected)
-        # The bucket refills at EVENTS_PER_MINUTE / 60 a second: a whole batch more is over.
+        # The bucket refills at per_minute / 60 a second: a whole batch more is over.
         more = [event(token, request_id=f"more-{i}") for i in range(MAX_EVENTS)]
         refused = await push(gw, {"events": more})
         assert_openai_error(refused, 429, "rate_limit_exceeded")

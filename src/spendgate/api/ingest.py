@@ -49,8 +49,6 @@ from spendgate.runtime import Runtime
 
 MAX_EVENTS = 1000  # per request
 MAX_BODY_BYTES = 4 * 1024 * 1024
-# Per tracking token; meant to become a setting (SPENDGATE_INGEST_EVENTS_PER_MINUTE).
-EVENTS_PER_MINUTE = 10_000
 MAX_FUTURE = timedelta(minutes=5)  # clock skew allowed to a client's timestamp
 MAX_AGE = timedelta(days=400)  # how far back an event may be dated
 _REQUEST_ID_LEN = 64  # usage_events.request_id
@@ -113,18 +111,19 @@ class IngestLimiter:
 class IngestState:
     """What ingestion keeps between requests: the rate states and the built statements."""
 
-    limiter: IngestLimiter = field(
-        default_factory=lambda: IngestLimiter(Rate(EVENTS_PER_MINUTE, 60 * 1_000_000_000))
-    )
+    events_per_minute: int
+    limiter: IngestLimiter
     statements: Statements = field(default_factory=Statements)
 
 
-def _state(request: Request) -> IngestState:
+def _state(request: Request, runtime: Runtime) -> IngestState:
     # Kept on the API app (one per gateway), made on first use.
     app_state = request.app.state
     state: IngestState | None = getattr(app_state, "ingest", None)
     if state is None:
-        state = app_state.ingest = IngestState()
+        per_minute = runtime.settings.ingest_events_per_minute
+        limiter = IngestLimiter(Rate(per_minute, 60 * 1_000_000_000))
+        state = app_state.ingest = IngestState(per_minute, limiter)
     return state
 
 
@@ -136,12 +135,12 @@ async def ingest(request: Request, runtime: RuntimeDep) -> ExactJSONResponse:
     now = datetime.now(UTC)
     events = [_validate(item, _where(batch, index), now) for index, item in enumerate(items)]
     tokens = await _tokens_of(runtime, events, batch)
-    state = _state(request)
+    state = _state(request, runtime)
     wait_ns = state.limiter.take(dict(Counter(tokens[e.tracking_token].id for e in events)))
     if wait_ns:
         seconds = retry_after_seconds(wait_ns)
         raise RateLimitExceeded(
-            f"Rate limit reached for this tracking token: {EVENTS_PER_MINUTE} events per "
+            f"Rate limit reached for this tracking token: {state.events_per_minute} events per "
             f"minute. Try again in {seconds} s.",
             headers=[(b"retry-after", b"%d" % seconds)],
         )
@@ -151,7 +150,9 @@ async def ingest(request: Request, runtime: RuntimeDep) -> ExactJSONResponse:
     inserted = await _write(runtime, usage_events, state.statements)
     for written in inserted:
         runtime.metrics.observe(written)
-    runtime.metrics.written(inserted)
+        if runtime.request_log is not None:
+            runtime.request_log.add(written)
+    runtime.events_written(inserted)
     users = {token.user for token in tokens.values() if token.user is not None}
     await _charge(runtime, inserted, now, users)
     return ExactJSONResponse(

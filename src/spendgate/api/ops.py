@@ -49,7 +49,4 @@ async def metrics(request: Request, runtime: RuntimeDep) -> Response:
     """Prometheus text exposition."""
     if not runtime.settings.metrics_public:
         require_admin(request, runtime)
-    runtime.metrics.queue_depth.set(runtime.writer.queue_depth)
-    runtime.metrics.drains_active.set(runtime.drains.active)
-    runtime.metrics.events_dropped = runtime.writer.dropped
     return Response(runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)

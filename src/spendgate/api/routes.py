@@ -1,8 +1,11 @@
 """The route table: every non-proxy router, and one renderer for every error."""
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 
 from spendgate import __version__
@@ -16,10 +19,18 @@ from spendgate.api import (
     ops,
     public,
 )
-from spendgate.errors import FrameworkHTTPError, GatewayError, InvalidRequest, NotFound
+from spendgate.errors import (
+    DatabaseUnavailable,
+    FrameworkHTTPError,
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+)
 from spendgate.runtime import Runtime
 from spendgate.web import console
 from spendgate.web.render import console_error_page
+
+log = logging.getLogger(__name__)
 
 
 def _render(request: Request, error: GatewayError) -> Response:
@@ -46,6 +57,16 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return _render(request, InvalidRequest(message, param=param))
 
 
+async def _database_error(request: Request, exc: Exception) -> Response:
+    """The database failed (down, timed out, locked): a 503 the client can retry."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    # The driver's message only: never the SQL, its parameters or a connection URL.
+    log.warning("%s %s: database error %s", request.method, request.url.path, type(cause).__name__)
+    return _render(
+        request, DatabaseUnavailable("The gateway's database is unavailable. Try again shortly.")
+    )
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
@@ -68,6 +89,8 @@ def build_api(runtime: Runtime) -> FastAPI:
     api.add_exception_handler(GatewayError, _gateway_error)
     api.add_exception_handler(RequestValidationError, _validation_error)
     api.add_exception_handler(HTTPException, _http_error)
+    api.add_exception_handler(DBAPIError, _database_error)
+    api.add_exception_handler(ConnectionError, _database_error)
     for module in (admin_users, admin_keys, admin_tracking, admin_usage, ingest, me, public, ops):
         api.include_router(module.router)
     console.install(api)

@@ -11,14 +11,13 @@ reads.
 """
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from spendgate.errors import InvalidAPIKey
+from spendgate.errors import DatabaseUnavailable, InvalidAPIKey
 from spendgate.keys.material import hash_key
 from spendgate.ledger.records import KeyRecord, UserRecord
 from spendgate.ledger.store import Store
@@ -54,6 +53,8 @@ class PrincipalCache:
         self._entries: dict[str, Principal] = {}
         self._misses: dict[str, float] = {}
         self._generation = -1
+        self.lookup_errors = 0  # database reads of keys that failed (for metrics)
+        self.refresh_errors = 0
         self._task: asyncio.Task[None] | None = None
         self._lookups: dict[str, asyncio.Future[tuple[KeyRecord, UserRecord] | None]] = {}
 
@@ -79,7 +80,12 @@ class PrincipalCache:
             lookup = asyncio.ensure_future(self._store.find_key_by_hash(digest))
             self._lookups[digest] = lookup
             lookup.add_done_callback(lambda done: self._looked_up(digest, done))
-        found = await asyncio.shield(lookup)
+        try:
+            found = await asyncio.shield(lookup)
+        except Exception as exc:
+            raise DatabaseUnavailable(
+                "The gateway cannot read its database to check this key. Try again shortly."
+            ) from exc
         if found is None:
             if len(self._misses) >= _MAX_MISSES:
                 self._misses.clear()
@@ -93,8 +99,9 @@ class PrincipalCache:
 
     def _looked_up(self, digest: str, done: "asyncio.Future[Any]") -> None:
         self._lookups.pop(digest, None)
-        if not done.cancelled():
-            done.exception()  # seen here; the callers waiting re-raise it themselves
+        if not done.cancelled() and done.exception() is not None:
+            # counted here; the callers waiting re-raise it themselves
+            self.lookup_errors += 1
 
     def invalidate(self) -> None:
         """Forget every cached principal here."""
@@ -128,8 +135,10 @@ class PrincipalCache:
         while True:
             await asyncio.sleep(self._refresh_seconds)
             # A database hiccup must not kill the watcher; the next tick retries.
-            with contextlib.suppress(Exception):
+            try:
                 await self.refresh()
+            except Exception:
+                self.refresh_errors += 1
 
 
 def check_usable(principal: Principal) -> None:

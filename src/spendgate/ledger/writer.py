@@ -51,6 +51,7 @@ _USER_KEY_AT = tuple(ROLLUP_KEY.index(name) for name in USER_ROLLUP_KEY)
 _REQUEST_ID_LEN = 64
 
 OnWritten = Callable[[Sequence[UsageEvent]], None]
+OnFlushed = Callable[[float], None]
 
 
 class LedgerWriter:
@@ -64,6 +65,7 @@ class LedgerWriter:
         max_batch: int = 1000,
         max_queue: int = 100_000,
         on_written: OnWritten | None = None,
+        on_flushed: OnFlushed | None = None,
     ) -> None:
         self._engine = engine
         self._statements = Statements()
@@ -71,6 +73,7 @@ class LedgerWriter:
         self._max_batch = max_batch
         self._max_queue = max_queue
         self._on_written = on_written
+        self._on_flushed = on_flushed
         self._queue: deque[UsageEvent] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -84,6 +87,7 @@ class LedgerWriter:
         self._written = 0
         self._dropped = 0
         self._retries = 0
+        self._events_retried = 0
         self._last_error: str | None = None
         self._last_flush_seconds = 0.0
 
@@ -106,6 +110,11 @@ class LedgerWriter:
     def retries(self) -> int:
         """Failed batch writes that were retried."""
         return self._retries
+
+    @property
+    def events_retried(self) -> int:
+        """Events in failed batch writes, counted once per failed attempt."""
+        return self._events_retried
 
     @property
     def last_error(self) -> str | None:
@@ -202,6 +211,7 @@ class LedgerWriter:
                 )
             except Exception as error:  # the writer's outer edge: keep the batch, retry
                 self._retries += 1
+                self._events_retried += len(batch)
                 log = logger.debug if self._last_error else logger.warning
                 self._last_error = _describe(error)
                 log("ledger write of %d events failed, retrying: %s", len(batch), self._last_error)
@@ -210,6 +220,8 @@ class LedgerWriter:
                 known_new = False  # the failed attempt may have committed after all
                 continue
             self._last_flush_seconds = time.perf_counter() - started
+            if self._on_flushed is not None:
+                self._on_flushed(self._last_flush_seconds)
             if self._last_error is not None:
                 logger.info("ledger writes succeed again")
                 self._last_error = None

@@ -49,6 +49,7 @@ class OutageGuard:
         self._budgets_open = budgets_fail_open
         self._backlog: deque[_Settlement] = deque(maxlen=_MAX_BACKLOG)
         self._replay: asyncio.Task[None] | None = None
+        self.errors = 0  # calls that failed because the store was unreachable
         self.down = False  # whether the last call failed to reach the store
 
     @property
@@ -149,6 +150,7 @@ class OutageGuard:
         self._came_back()
 
     def _went_down(self, exc: BaseException) -> None:
+        self.errors += 1
         if not self.down:
             log.warning("limit store unreachable (%s): %s", type(exc).__name__, _reason(exc))
         self.down = True

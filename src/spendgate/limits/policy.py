@@ -107,6 +107,8 @@ class LimitPolicy:
         self._clock = clock
         self._rules: dict[int, _Rules] = {}
         self._token_prices: dict[str, tuple[int, int] | None] = {}
+        self.reservations_open = 0  # held by requests in progress (for metrics)
+        self.reserved_pico = 0
 
     @property
     def backend(self) -> LimitBackend:
@@ -130,6 +132,9 @@ class LimitPolicy:
         if isinstance(result, Refusal):
             raise self._refusal_error(principal, result)
         headers = rate_headers(result.states) if result.states else []
+        if result.reservation is not None:
+            self.reservations_open += 1
+            self.reserved_pico += result.reserved_pico
         return Admitted(headers, result.reserved_pico, _Ticket(rules, result))
 
     async def settle(
@@ -142,6 +147,9 @@ class LimitPolicy:
         else:  # admitted elsewhere (tests, future callers): charge without a reservation
             rules, grant = self._rules_of(principal), Grant()
         cost_pico = usd_to_pico(cost) if cost else 0
+        if grant.reservation is not None:
+            self.reservations_open -= 1
+            self.reserved_pico -= grant.reserved_pico
         await self._backend.commit(
             grant, rules.token_rates, rules.scopes, usage.total_tokens, cost_pico
         )

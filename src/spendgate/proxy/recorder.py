@@ -17,6 +17,7 @@ from spendgate.metering.usage import ZERO_USAGE, Usage
 from spendgate.metrics import GatewayMetrics
 from spendgate.money import usd_to_pico
 from spendgate.proxy.rewrite import PreparedRequest
+from spendgate.request_log import RequestLog
 
 
 class RequestIds:
@@ -44,6 +45,8 @@ class Outcome:
     completion_text: str = ""
     error_code: str | None = None
     upstream: str | None = None
+    upstream_seconds: float | None = None  # request sent → response headers
+    first_token_seconds: float | None = None  # streams: request → first bytes relayed
 
 
 class Recorder:
@@ -55,11 +58,13 @@ class Recorder:
         prices: PriceBook,
         estimator: TokenEstimator,
         metrics: GatewayMetrics,
+        request_log: RequestLog | None = None,
     ) -> None:
         self._writer = writer
         self._prices = prices
         self._estimator = estimator
         self._metrics = metrics
+        self._request_log = request_log
         self._ids = RequestIds()
 
     def new_request_id(self) -> str:
@@ -142,5 +147,7 @@ class Recorder:
             error_code=outcome.error_code,
         )
         self._writer.record(event)
-        self._metrics.observe(event)
+        self._metrics.observe(event, outcome.upstream_seconds, outcome.first_token_seconds)
+        if self._request_log is not None:
+            self._request_log.add(event)
         return usage, cost

@@ -23,6 +23,7 @@ from spendgate.keys.principals import Principal, PrincipalCache
 from spendgate.limits.admission import Admission, Admitted
 from spendgate.metering.extract import read_usage
 from spendgate.metering.sse import SSEUsageScanner
+from spendgate.metrics import GatewayMetrics
 from spendgate.money import format_usd
 from spendgate.proxy.drains import DrainPool
 from spendgate.proxy.headers import client_headers, read_request_headers
@@ -56,6 +57,7 @@ class ProxyApp:
         upstream: UpstreamClient,
         recorder: Recorder,
         drains: DrainPool,
+        metrics: GatewayMetrics,
         default_model: str | None,
         max_body_bytes: int,
         key_in_path: bool,
@@ -66,6 +68,7 @@ class ProxyApp:
         self._upstream = upstream
         self._recorder = recorder
         self._drains = drains
+        self._metrics = metrics
         self._default_model = default_model
         self._max_body = max_body_bytes
         self._key_in_path = key_in_path
@@ -73,6 +76,14 @@ class ProxyApp:
         self._paths: dict[bytes, ProxyPath] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        metrics = self._metrics
+        metrics.in_flight += 1
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            metrics.in_flight -= 1
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         request_id = self._recorder.new_request_id()
         id_header = (b"x-spendgate-request-id", request_id.encode())
@@ -104,6 +115,7 @@ class ProxyApp:
             await send_error(send, exc, id_header)
             return
         url = self._upstream.url_for(path.raw, scope.get("query_string", b""))
+        sent_at = time.perf_counter()
         try:
             response = await self._upstream.send(prepared.method, url, heads.forward, prepared.body)
         except GatewayError as exc:
@@ -116,7 +128,10 @@ class ProxyApp:
         head = client_headers(response.raw_headers)
         head.append(id_header)
         head.extend(admitted.headers)
-        call = _Call(request_id, principal, prepared, admitted, started, response, head)
+        call = _Call(
+            request_id, principal, prepared, admitted, started, response, head,
+            upstream_seconds=time.perf_counter() - sent_at,
+        )  # fmt: skip
         content_type = response.headers.get("content-type", "")
         if response.status < 400 and content_type.startswith("text/event-stream"):
             await self._relay_stream(call, send, receive)
@@ -220,6 +235,8 @@ class ProxyApp:
                     await self._abandon(call, scanner)
                     return
                 if out:
+                    if call.first_token_seconds is None:
+                        call.first_token_seconds = time.perf_counter() - call.started
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             outcome_error = None
         except (aiohttp.ClientError, TimeoutError):
@@ -263,6 +280,8 @@ class ProxyApp:
         await self._finish_call(call, _stream_outcome(call.response.status, scanner, error))
 
     async def _finish_call(self, call: "_Call", outcome: Outcome) -> tuple[Any, Any]:
+        outcome.upstream_seconds = call.upstream_seconds
+        outcome.first_token_seconds = call.first_token_seconds
         return await self._finish(
             call.request_id, call.principal, call.prepared, call.admitted, outcome, call.started
         )
@@ -296,6 +315,8 @@ class _Call:
     started: float
     response: aiohttp.ClientResponse
     head: list[tuple[bytes, bytes]]
+    upstream_seconds: float | None = None
+    first_token_seconds: float | None = None
 
 
 def _stream_outcome(status: int, scanner: SSEUsageScanner, error: str | None) -> Outcome:
