@@ -103,8 +103,8 @@ async def test_one_json_line_per_request_on_stderr_and_in_the_rotated_file(
         line = in_files[request_id]
         assert line == on_stderr[request_id]
         assert line["user"] == row["user"] == "lena"
-        assert line["key"] == row["key"] and line["key"].startswith("sg-")
-        assert "…" in line["key"]  # the display form, never the key
+        assert line["key_display"] == row["key"] and line["key_display"].startswith("sg-")
+        assert "…" in line["key_display"]  # the display form, never the key
         assert line["model"] == row["model"]
         assert line["status"] == int(row["status"])
         assert line["endpoint"] == row["endpoint"]
@@ -112,7 +112,8 @@ async def test_one_json_line_per_request_on_stderr_and_in_the_rotated_file(
             assert line[kind] == int(row[kind]), kind
         assert line["estimated"] == (row["estimated"] == "true")
         cost = Decimal(row["cost_usd"]) if row["cost_usd"] else None
-        assert (None if line["cost_usd"] is None else Decimal(str(line["cost_usd"]))) == cost
+        assert (None if line["cost_usd"] is None else Decimal(line["cost_usd"])) == cost
+        assert line["level"] == "info" and line["timestamp"].endswith("Z")
     statuses = sorted(line["status"] for line in in_files.values())
     assert statuses.count(429) == 2
     assert {line["error_code"] for line in in_files.values() if line["status"] == 429} == {
