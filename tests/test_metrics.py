@@ -148,3 +148,34 @@ def test_counters_histogram_and_cost_follow_the_events():
     assert bucket("+Inf") == 5
     assert got[("spendgate_request_duration_seconds_count", (chat,))] == 5
     assert abs(got[("spendgate_request_duration_seconds_sum", (chat,))] - 0.123) < 1e-9
+
+
+def test_provider_reported_costs_are_compared_with_ours_by_upstream():
+    metrics = GatewayMetrics()
+
+    def observe(ours, reported_pico, upstream="openrouter"):
+        metrics.observe(event(upstream=upstream, cost_usd=ours, provider_cost_pico=reported_pico))
+
+    observe(Decimal("1"), 1_009_000_000_000)  # 0.9% off: agrees
+    observe(Decimal("0.5"), 510_000_000_000)  # 2% off: a mismatch
+    observe(None, 3)  # we have no price: a mismatch
+    observe(Decimal("7"), None)  # no reported cost: not compared
+    observe(Decimal("0"), 0, upstream=None)  # no upstream named: the "-" label
+    got, _ = samples(metrics)
+
+    def value(name, upstream="openrouter"):
+        return got.get((name, (("upstream", upstream),)))
+
+    assert value("spendgate_provider_cost_usd_total") == 1.519000000003
+    assert value("spendgate_provider_cost_ours_usd_total") == 1.5
+    assert value("spendgate_provider_cost_mismatches_total") == 2
+    assert value("spendgate_provider_cost_usd_total", "-") == 0
+    assert value("spendgate_provider_cost_mismatches_total", "-") is None
+
+
+def test_no_provider_cost_series_without_reported_costs():
+    metrics = GatewayMetrics()
+    metrics.observe(event(upstream="openai"))
+    _, text = samples(metrics)
+    assert "spendgate_provider_cost_usd_total{" not in text
+    assert "spendgate_provider_cost_mismatches_total{" not in text

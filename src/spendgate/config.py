@@ -12,7 +12,15 @@ from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -34,6 +42,47 @@ class ConfigError(Exception):
 
 def _env(*names: str) -> Any:
     return AliasChoices(*names)
+
+
+UpstreamKind = Literal["openai", "azure", "openrouter", "generic"]
+
+
+class UpstreamConfig(BaseModel):
+    """One `[[upstreams]]` entry of the TOML file (contract §7)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    kind: UpstreamKind = "openai"
+    base_url: str = Field(pattern=r"^https?://")
+    api_key_env: str | None = None  # the environment variable holding the key
+    api_key: SecretStr | None = None  # inline: discouraged, for the rare user who insists
+    api_version: str | None = None  # Azure's api-version
+    headers: dict[str, str] = Field(default_factory=dict)  # extra headers (OpenRouter's)
+    models: list[str] = Field(default_factory=lambda: ["*"], min_length=1)  # globs served
+    model_map: dict[str, str] = Field(default_factory=dict)  # requested -> upstream's name
+    deployments: dict[str, str] = Field(default_factory=dict)  # Azure: model -> deployment
+    priority: int | None = None  # lower first; default: position in the file
+    weight: int = Field(1, ge=1)  # share of traffic among matching upstreams of one priority
+    timeout: float | None = Field(None, gt=0)  # seconds to the response headers
+    connect_timeout: float | None = Field(None, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    def resolved_key(self) -> str | None:
+        """The key: from `api_key_env` (read at start-up), else inline, else none."""
+        if self.api_key_env:
+            value = os.environ.get(self.api_key_env)
+            if not value:
+                raise ConfigError(
+                    f"upstream '{self.name}': environment variable {self.api_key_env} "
+                    "(api_key_env) is not set"
+                )
+            return value
+        return self.api_key.get_secret_value() if self.api_key else None
 
 
 class Settings(BaseSettings):
@@ -81,6 +130,39 @@ class Settings(BaseSettings):
         gt=0,
         validation_alias=_env("SPENDGATE_UPSTREAM_MAX_CONNECTIONS"),
         description="Size of the pooled upstream connection pool.",
+    )
+    upstreams: list[UpstreamConfig] = Field(
+        default_factory=list,
+        validation_alias=_env("SPENDGATE_UPSTREAMS"),
+        description="Several upstreams, routed by model ([[upstreams]] in the TOML file, or "
+        "JSON); none: the single upstream above serves every model.",
+    )
+    upstream_max_attempts: int = Field(
+        3,
+        ge=1,
+        le=10,
+        validation_alias=_env("SPENDGATE_UPSTREAM_MAX_ATTEMPTS"),
+        description="Upstreams tried per request (the first, then fallbacks) on connect "
+        "errors, timeouts before the first byte, 429 and 5xx.",
+    )
+    upstream_retry_backoff_ms: int = Field(
+        100,
+        ge=0,
+        le=60_000,
+        validation_alias=_env("SPENDGATE_UPSTREAM_RETRY_BACKOFF_MS"),
+        description="Pause before the second attempt, doubling for each later one.",
+    )
+    upstream_cooldown_failures: int = Field(
+        5,
+        ge=1,
+        validation_alias=_env("SPENDGATE_UPSTREAM_COOLDOWN_FAILURES"),
+        description="Consecutive failures after which an upstream is skipped for a while.",
+    )
+    upstream_cooldown_seconds: float = Field(
+        30.0,
+        gt=0,
+        validation_alias=_env("SPENDGATE_UPSTREAM_COOLDOWN_SECONDS"),
+        description="How long an upstream is skipped after those failures.",
     )
     admin_token: SecretStr | None = Field(
         None,
@@ -430,6 +512,18 @@ class Settings(BaseSettings):
         from spendgate.ledger.engine import normalize_database_url
 
         normalize_database_url(value)  # ValueError names the scheme, never the password
+        return value
+
+    @field_validator("upstreams")
+    @classmethod
+    def _check_upstreams(cls, value: list[UpstreamConfig]) -> list[UpstreamConfig]:
+        names = [u.name for u in value]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"upstream names must be unique: {', '.join(repeated)}")
+        for u in value:
+            if u.kind == "azure" and not u.api_version:
+                raise ValueError(f"upstream '{u.name}' (azure) needs api_version")
         return value
 
     @field_validator("upstream_base")

@@ -103,6 +103,12 @@ class NotFound(GatewayError):
     type = "invalid_request_error"
 
 
+class ModelNotFound(GatewayError):
+    status = 404
+    code = "model_not_found"
+    type = "invalid_request_error"
+
+
 class Conflict(GatewayError):
     status = 409
     code = "conflict"

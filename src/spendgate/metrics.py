@@ -34,6 +34,11 @@ METRIC_DOCS = {
         "Streams: time from the request to the first streamed bytes relayed, by model."
     ),
     "spendgate_requests_in_flight": "Proxied requests whose response has not ended.",
+    "spendgate_upstream_attempts_total": (
+        "Calls to each upstream, by outcome (ok, http_429, http_5xx, connect_error, timeout): "
+        "a request that falls back to another upstream counts one per attempt."
+    ),
+    "spendgate_upstream_up": "1 while an upstream is used, 0 while it cools down after failures.",
     "spendgate_rate_limited_total": "Requests refused by a rate limit.",
     "spendgate_budget_rejected_total": "Requests refused for budget or credit, by code.",
     "spendgate_usage_events_dropped_total": "Usage events lost because the write queue was full.",
@@ -60,6 +65,16 @@ METRIC_DOCS = {
     ),
     "spendgate_export_retries_total": "Failed export attempts that will be retried, by export.",
     "spendgate_export_buffered": "Usage events waiting to be exported, by export.",
+    "spendgate_provider_cost_usd_total": (
+        "Cost in USD the provider itself reported (OpenRouter), by upstream."
+    ),
+    "spendgate_provider_cost_ours_usd_total": (
+        "Our price in USD for the requests whose provider reported a cost, by upstream."
+    ),
+    "spendgate_provider_cost_mismatches_total": (
+        "Requests whose provider-reported cost differs from ours by over 1% "
+        "(or that we could not price), by upstream."
+    ),
     "spendgate_user_requests_total": (
         "Requests by user (only with SPENDGATE_METRICS_USER_LABELS=true)."
     ),
@@ -103,6 +118,7 @@ class RuntimeState:
     reservations_open: int = 0
     reserved_pico: int = 0
     settlements_pending: int = 0
+    upstreams_up: dict[str, bool] = field(default_factory=dict)
     redis_errors: int = 0
     database_errors: dict[str, int] = field(default_factory=dict)
     exports: list[ExportState] = field(default_factory=list)
@@ -168,6 +184,11 @@ class GatewayMetrics:
         self.estimated = 0
         self.events_written = 0
         self.in_flight = 0  # kept by the proxy
+        self.attempts: dict[tuple[str, str], int] = {}
+        # By upstream, for requests whose provider reported a cost (picodollars, counts).
+        self.provider_cost_pico: dict[str, int] = {}
+        self.provider_cost_ours_pico: dict[str, int] = {}
+        self.provider_cost_mismatches: dict[str, int] = {}
         self.user_requests: dict[str, int] = {}
         self.user_tokens: dict[tuple[str, str], int] = {}
         self.user_cost_pico: dict[str, int] = {}
@@ -223,8 +244,21 @@ class GatewayMetrics:
             self.rate_limited += 1
         elif code in _BUDGET_CODES:
             self.budget_rejected[code] = self.budget_rejected.get(code, 0) + 1
+        if event.provider_cost_pico is not None:
+            self._observe_provider_cost(event.upstream or "-", event.provider_cost_pico, cost)
         if self.user_labels:
             self._observe_user(event.user, counts, cost)
+
+    def _observe_provider_cost(self, upstream: str, reported: int, ours: int | None) -> None:
+        """Compare the cost the provider reported with ours (both picodollars)."""
+        self.provider_cost_pico[upstream] = self.provider_cost_pico.get(upstream, 0) + reported
+        if ours is not None:
+            self.provider_cost_ours_pico[upstream] = (
+                self.provider_cost_ours_pico.get(upstream, 0) + ours
+            )
+        if ours is None or abs(ours - reported) * 100 > reported:
+            mismatches = self.provider_cost_mismatches
+            mismatches[upstream] = mismatches.get(upstream, 0) + 1
 
     def _observe_user(self, user: str, counts: Sequence[int], cost: int | None) -> None:
         self.user_requests[user] = self.user_requests.get(user, 0) + 1
@@ -233,6 +267,11 @@ class GatewayMetrics:
                 self.user_tokens[(user, kind)] = self.user_tokens.get((user, kind), 0) + count
         if cost:
             self.user_cost_pico[user] = self.user_cost_pico.get(user, 0) + cost
+
+    def attempt(self, upstream: str, outcome: str) -> None:
+        """Count one call to an upstream and how it went."""
+        key = (upstream, outcome)
+        self.attempts[key] = self.attempts.get(key, 0) + 1
 
     def written(self, events: Sequence[UsageEvent]) -> None:
         """Count events committed by the ledger writer."""
@@ -268,6 +307,13 @@ class _Collector(Collector):
         yield m.first_token.family("spendgate_time_to_first_token_seconds", "model")
         yield _flush_family(m.flush)
         yield _gauge("spendgate_requests_in_flight", m.in_flight)
+        yield _counter("spendgate_upstream_attempts", ("upstream", "outcome"), m.attempts)
+        up = GaugeMetricFamily(
+            "spendgate_upstream_up", METRIC_DOCS["spendgate_upstream_up"], labels=("upstream",)
+        )
+        for name, is_up in state.upstreams_up.items():
+            up.add_metric((name,), 1 if is_up else 0)
+        yield up
         yield _counter("spendgate_rate_limited", (), {(): m.rate_limited})
         codes = {(code,): count for code, count in m.budget_rejected.items()}
         yield _counter("spendgate_budget_rejected", ("code",), codes)
@@ -286,6 +332,13 @@ class _Collector(Collector):
         errors = {(op,): count for op, count in state.database_errors.items()}
         yield _counter("spendgate_database_errors", ("operation",), errors)
         yield _counter("spendgate_redis_errors", (), {(): state.redis_errors})
+        yield _counter("spendgate_provider_cost_usd", ("upstream",), _usd(m.provider_cost_pico))
+        yield _counter(
+            "spendgate_provider_cost_ours_usd", ("upstream",), _usd(m.provider_cost_ours_pico)
+        )
+        yield _counter(
+            "spendgate_provider_cost_mismatches", ("upstream",), _single(m.provider_cost_mismatches)
+        )
         yield from _export_families(state.exports)
         if m.user_labels:
             yield _counter("spendgate_user_requests", ("user",), _single(m.user_requests))

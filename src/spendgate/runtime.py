@@ -27,7 +27,9 @@ from spendgate.metering.estimate import TokenEstimator
 from spendgate.metering.pricing import PriceBook, PricingConfigError, load_overrides
 from spendgate.metrics import ExportState, GatewayMetrics, RuntimeState
 from spendgate.proxy.drains import DrainPool
+from spendgate.proxy.models import ModelList
 from spendgate.proxy.recorder import Recorder
+from spendgate.proxy.routing import Router
 from spendgate.proxy.upstream import UpstreamClient, UpstreamTarget
 from spendgate.request_log import RequestLog
 
@@ -72,20 +74,17 @@ class Runtime:
             refresh_seconds=settings.principal_refresh_seconds,
             announce=self.key_changes.publish if self.key_changes is not None else None,
         )
-        api_key = (
-            settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
-        )
         self.upstream = UpstreamClient(
-            UpstreamTarget(
-                name="default",
-                base_url=settings.upstream_base,
-                api_key=api_key,
-                api_version=settings.upstream_api_version,
-            ),
             connect_timeout=settings.upstream_connect_timeout,
             read_timeout=settings.upstream_timeout,
             max_connections=settings.upstream_max_connections,
         )
+        self.router = Router(
+            upstream_targets(settings),
+            failures=settings.upstream_cooldown_failures,
+            cooldown=settings.upstream_cooldown_seconds,
+        )
+        self.models = ModelList(self.router, self.upstream)
         self.guard: OutageGuard | None = None
         backend: LimitBackend
         if self.redis is None:
@@ -172,6 +171,7 @@ class Runtime:
             reservations_open=self.limits.reservations_open,
             reserved_pico=self.limits.reserved_pico,
             settlements_pending=self.guard.backlog if self.guard is not None else 0,
+            upstreams_up=self.router.states(),
             redis_errors=self.guard.errors if self.guard is not None else 0,
             database_errors={
                 "ledger_write": self.writer.retries,
@@ -185,6 +185,38 @@ class Runtime:
 
     def _keys_changed(self) -> None:
         self.principals.invalidate()
+
+
+def upstream_targets(settings: Settings) -> list[UpstreamTarget]:
+    """The `[[upstreams]]` of the config file, else the single upstream of the env settings."""
+    if not settings.upstreams:
+        key = settings.upstream_api_key
+        return [
+            UpstreamTarget(
+                name="default",
+                base_url=settings.upstream_base,
+                api_key=key.get_secret_value() if key else None,
+                api_version=settings.upstream_api_version,
+            )
+        ]
+    return [
+        UpstreamTarget(
+            name=u.name,
+            base_url=u.base_url,
+            api_key=u.resolved_key(),
+            api_version=u.api_version,
+            kind=u.kind,
+            headers=tuple(u.headers.items()),
+            models=tuple(u.models),
+            model_map=dict(u.model_map),
+            deployments=dict(u.deployments),
+            priority=position if u.priority is None else u.priority,
+            weight=u.weight,
+            timeout=u.timeout,
+            connect_timeout=u.connect_timeout,
+        )
+        for position, u in enumerate(settings.upstreams)
+    ]
 
 
 def open_redis(settings: Settings) -> "Redis":

@@ -116,7 +116,7 @@ async def test_migration_from_empty_matches_the_models(backend: str, database_ur
         await engine.dispose()
     assert tables >= LEDGER_TABLES
     assert differences == []
-    assert [tuple(row) for row in version] == [(SCHEMA_HEAD,)] == [("0005",)]
+    assert [tuple(row) for row in version] == [(SCHEMA_HEAD,)] == [("0006",)]
     assert [tuple(row) for row in generation] == [("principal_generation", 0)]
 
 

@@ -27,6 +27,7 @@ from spendgate.ledger.reports import (
 from spendgate.ledger.schema import UsageEventRow
 from spendgate.ledger.store import Store
 from spendgate.ledger.writer import write_events
+from spendgate.money import pico_to_usd
 
 EventFactory = Callable[..., UsageEvent]
 TODAY = date(2025, 3, 14)
@@ -63,6 +64,7 @@ async def ledger(engine: AsyncEngine, make_event: EventFactory) -> Ledger:
                 reasoning_tokens=i % 13,
                 total_tokens=1000 + 4 * i,
                 cost_usd=None if i % 9 == 0 else Decimal("0.000123456789") * (i + 1),
+                provider_cost_pico=i * 1_000_003 if i % 3 == 1 else None,
                 estimated=i % 10 == 0,
                 stream=i % 2 == 0,
             )
@@ -205,6 +207,11 @@ async def test_csv_has_the_header_and_one_row_per_event(
         assert record["end_user"] == (event.end_user or "")
         assert record["upstream"] == (event.upstream or "")
         assert record["source"] == event.source
+        if event.provider_cost_pico is None:
+            assert record["provider_cost_usd"] == ""
+        else:
+            assert Decimal(record["provider_cost_usd"]) == pico_to_usd(event.provider_cost_pico)
+            assert "E" not in record["provider_cost_usd"].upper()
 
 
 async def test_csv_pages_through_ties_in_time_order(

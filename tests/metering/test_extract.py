@@ -1,11 +1,12 @@
 """Reading usage from complete (non-streamed) responses of every metered endpoint."""
 
+from decimal import Decimal
 from typing import Any
 
 import orjson
 import pytest
 
-from spendgate.metering.extract import read_usage, usage_from_mapping
+from spendgate.metering.extract import provider_cost, read_usage, usage_from_mapping
 from spendgate.metering.usage import Usage
 
 
@@ -191,3 +192,56 @@ def test_usage_from_mapping(usage: dict[str, Any], expected: Usage) -> None:
 
 def test_usage_from_mapping_keeps_the_model() -> None:
     assert usage_from_mapping({"prompt_tokens": 1}, "gpt-4o").model == "gpt-4o"
+
+
+# OpenRouter's response: OpenAI's shape plus `usage.cost` (USD) and its details.
+OPENROUTER = (
+    b'{"id":"gen-1","provider":"OpenAI","model":"openai/gpt-4o-mini",'
+    b'"choices":[{"message":{"role":"assistant","content":"the \\"cost\\": 9"}}],'
+    b'"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15,"cost":%s,'
+    b'"is_byok":false,"cost_details":{"upstream_inference_cost":null}}}'
+)
+
+
+@pytest.mark.parametrize(
+    ("number", "expected"),
+    [
+        pytest.param(b"0.0000036", Decimal("0.0000036"), id="plain"),
+        pytest.param(b"3.6e-06", Decimal("0.0000036"), id="exponent"),
+        # More digits than a float holds: kept from the JSON text, not the float.
+        pytest.param(
+            b"0.00000360000000000000001", Decimal("0.00000360000000000000001"), id="digits"
+        ),
+        pytest.param(b"0", Decimal(0), id="zero-int"),
+        pytest.param(b"2", Decimal(2), id="int"),
+        pytest.param(b"-0.5", None, id="negative"),
+        pytest.param(b'"0.1"', None, id="string"),
+        pytest.param(b"true", None, id="boolean"),
+        pytest.param(b"null", None, id="null"),
+        pytest.param(b"1e7", None, id="too-large"),
+    ],
+)
+def test_reported_cost_of_a_json_body(number: bytes, expected: Decimal | None) -> None:
+    usage = read_usage("chat/completions", OPENROUTER % number)
+    assert usage is not None and usage.provider_cost == expected
+    assert usage.provider_cost is None or str(usage.provider_cost) == str(expected)
+    assert (usage.prompt_tokens, usage.total_tokens) == (12, 15)
+
+
+def test_reported_cost_in_the_responses_shape() -> None:
+    usage = {"input_tokens": 7, "output_tokens": 3, "cost": 0.25}
+    assert usage_from_mapping(usage, None) == Usage(7, 3, 0, 0, 10, provider_cost=Decimal("0.25"))
+
+
+def test_no_reported_cost_is_none() -> None:
+    usage = read_usage("chat/completions", body(CHAT))
+    assert usage is not None and usage.provider_cost is None
+
+
+def test_a_cost_without_its_text_comes_from_the_floats_shortest_repr() -> None:
+    assert provider_cost(0.1) == Decimal("0.1")
+    # The text found must parse to the same float; another `"cost"` key is passed over.
+    assert provider_cost(0.1, b'{"x":{"cost":0.2},"usage":{"cost":0.1}}') == Decimal("0.1")
+    assert provider_cost(0.3, b'{"cost":0.2}') == Decimal("0.3")
+    assert provider_cost(float("nan")) is None
+    assert provider_cost(float("inf")) is None

@@ -362,3 +362,58 @@ def test_override_file_to_cost_end_to_end(tmp_path: Path) -> None:
     assert str(cost.normalize()) == "0.000435"
     mini = book.describe("gpt-4o-mini")
     assert mini is not None and mini.source == "pricing file"
+
+
+def test_a_provider_with_its_own_entry_prices_at_its_own_rate() -> None:
+    # genai-prices lists Azure's davinci at USD 2 per million input tokens, OpenAI's at 20.
+    book = PriceBook({})
+    azure, openai = book.price_of("davinci", "azure"), book.price_of("davinci")
+    assert azure is not None and openai is not None
+    assert (azure.input_per_token, azure.source.endswith("(azure)")) == (Decimal("2E-6"), True)
+    assert (openai.input_per_token, openai.source.endswith("(openai)")) == (Decimal("2E-5"), True)
+    assert book.price_of("davinci", "openai") == openai
+    _, cost = book.cost(Usage.of(1000, 0, model="davinci"), None, "azure")
+    assert cost == Decimal("0.002")
+
+
+def test_openrouter_prices_its_vendor_prefixed_model_ids() -> None:
+    book = PriceBook({})
+    routed = book.price_of("openai/gpt-4o-mini", "openrouter")
+    assert routed is not None and routed.source.endswith("(openrouter)")
+    assert routed.input_per_token == Decimal("1.5E-7")
+    # Haiku 4.5's batch tier, which only OpenRouter lists: half Anthropic's price.
+    batch = book.price_of("anthropic/claude-haiku-4.5:batch", "openrouter")
+    direct = book.price_of("claude-haiku-4-5")
+    assert batch is not None and direct is not None
+    assert batch.input_per_token * 2 == direct.input_per_token
+    assert book.price_of("openai/gpt-4o-mini") is None  # the id means nothing without it
+
+
+@pytest.mark.parametrize("provider", ["openrouter", "no-such-provider", "openai", None])
+def test_a_provider_without_an_entry_falls_back_to_the_provider_less_price(
+    provider: str | None,
+) -> None:
+    price_ = PriceBook({}).price_of("gpt-4o-mini", provider)
+    assert price_ is not None and price_.source.endswith("(openai)")
+    assert price_.input_per_token == Decimal("1.5E-7")
+
+
+def test_overrides_win_over_every_provider() -> None:
+    book = PriceBook({"davinci": OVERRIDE, "openai/gpt-4o-mini": OVERRIDE})
+    assert book.price_of("davinci", "azure") is OVERRIDE
+    assert book.price_of("openai/gpt-4o-mini", "openrouter") is OVERRIDE
+    assert book.price_of("openai/gpt-4o-mini") is OVERRIDE
+
+
+def test_lookups_are_cached_per_provider_and_model() -> None:
+    book = PriceBook({})
+    azure = book.price_of("davinci", "azure")
+    assert book.price_of("davinci", "azure") is azure
+    assert book.price_of("davinci") is not azure
+    assert book.price_of("davinci") is book.price_of("davinci")
+
+
+def test_cost_falls_back_to_the_requested_model_at_the_providers_price() -> None:
+    usage = Usage.of(1000, 0, model="an-unknown-snapshot")
+    model, cost = PriceBook({}).cost(usage, "davinci", "azure")
+    assert (model, cost) == ("an-unknown-snapshot", Decimal("0.002"))

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -430,3 +431,47 @@ def test_text_of_a_long_stream_is_read_in_bulk_and_in_order() -> None:
     assert scanner.completion_text() == "".join(pieces)
     assert scanner.text_bytes == len("".join(pieces))
     assert scanner.completion_text() == "".join(pieces)  # asking twice changes nothing
+
+
+def openrouter_usage_chunk(cost: bytes) -> bytes:
+    """OpenRouter's last chunk: usage with `cost`, written as OpenRouter writes numbers."""
+    return (
+        b'data: {"id":"gen-1","provider":"OpenAI","model":"openai/gpt-4o-mini",'
+        b'"object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":20,'
+        b'"completion_tokens":16,"total_tokens":36,"cost":' + cost + b',"is_byok":false}}\n\n'
+    )
+
+
+@pytest.mark.parametrize(
+    ("cost", "expected"),
+    [
+        pytest.param(b"0.0000126", Decimal("0.0000126"), id="plain"),
+        pytest.param(b"1.26e-05", Decimal("0.0000126"), id="exponent"),
+        pytest.param(b"-1", None, id="negative"),
+        pytest.param(b"null", None, id="null"),
+    ],
+)
+def test_streamed_usage_keeps_the_reported_cost(cost: bytes, expected: Decimal | None) -> None:
+    events = [
+        *chat_stream(with_usage=False)[:-1],
+        openrouter_usage_chunk(cost),
+        b"data: [DONE]\n\n",
+    ]
+    data = b"".join(events)
+    for chunks in (events, [data], split(data, [7, 300, len(data) - 40])):
+        out, scanner = run("chat/completions", chunks, strip=True)
+        assert scanner.usage is not None and scanner.usage.provider_cost == expected
+        assert scanner.usage.model == "openai/gpt-4o-mini"
+        assert out == data.replace(openrouter_usage_chunk(cost), b"")
+
+
+def test_streamed_usage_without_a_cost_has_none() -> None:
+    _, scanner = run("chat/completions", chat_stream())
+    assert scanner.usage is not None and scanner.usage.provider_cost is None
+
+
+def test_a_responses_stream_keeps_the_reported_cost() -> None:
+    events = responses_stream()
+    events[-1] = events[-1].replace(b'"total_tokens":42', b'"total_tokens":42,"cost":0.00042')
+    _, scanner = run("responses", events)
+    assert scanner.usage == Usage(30, 12, 10, 6, 42, "o4-mini-2025-04-16", Decimal("0.00042"))

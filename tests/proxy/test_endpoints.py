@@ -184,9 +184,9 @@ async def test_api_version_is_added_unless_the_client_sent_one(make_gateway, ups
     async with make_gateway(upstream_api_version="2024-10-21") as gateway:
         http = gateway.http()
         headers = {"Authorization": f"Bearer {await gateway.new_key()}"}
-        await http.get("/v1/models", headers=headers)
+        await http.get("/v1/files", headers=headers)
         assert upstream.requests[-1].query_string == "api-version=2024-10-21"
-        await http.get("/v1/models?api-version=2025-01-01&x=1", headers=headers)
+        await http.get("/v1/files?api-version=2025-01-01&x=1", headers=headers)
         assert upstream.requests[-1].query_string == "api-version=2025-01-01&x=1"
 
 

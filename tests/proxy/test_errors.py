@@ -118,7 +118,7 @@ async def test_unreachable_upstream_is_a_502(make_gateway):
         dead_port = probe.getsockname()[1]
     async with make_gateway(upstream_base=f"http://127.0.0.1:{dead_port}/v1") as gateway:
         response = await gateway.http().get(
-            "/v1/models", headers={"Authorization": f"Bearer {await gateway.new_key()}"}
+            "/v1/files", headers={"Authorization": f"Bearer {await gateway.new_key()}"}
         )
         assert response.status_code == 502 and error_of(response) == "upstream_unavailable"
         await gateway.flush()
@@ -130,7 +130,7 @@ async def test_unreachable_upstream_is_a_502(make_gateway):
 async def test_slow_upstream_is_a_504(make_gateway, upstream):
     async with make_gateway(upstream_timeout=0.2) as gateway:
         response = await gateway.http().get(
-            "/v1/models",
+            "/v1/files",
             headers={
                 "Authorization": f"Bearer {await gateway.new_key()}",
                 "x-fake-latency-ms": "2000",
@@ -167,11 +167,11 @@ async def test_upstream_key_never_appears_in_gateway_answers(gateway, upstream):
     key = await gateway.new_key()
     http = gateway.http()
     answers = [
-        await http.get("/v1/models", headers={"Authorization": f"Bearer {key}"}),
+        await http.get("/v1/files", headers={"Authorization": f"Bearer {key}"}),
         await http.get(
-            "/v1/models", headers={"Authorization": f"Bearer {key}", "x-fake-status": "401"}
+            "/v1/files", headers={"Authorization": f"Bearer {key}", "x-fake-status": "401"}
         ),
-        await http.get("/v1/models", headers={"Authorization": "Bearer wrong"}),
+        await http.get("/v1/files", headers={"Authorization": "Bearer wrong"}),
     ]
     for answer in answers:
         assert UPSTREAM_KEY not in answer.text and UPSTREAM_KEY not in str(answer.headers)

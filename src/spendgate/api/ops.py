@@ -26,7 +26,7 @@ async def health(runtime: RuntimeDep) -> JSONResponse:
             redis = "down"
     writer = runtime.writer
     healthy = database == "ok" and redis != "down"
-    body = {
+    body: dict[str, object] = {
         "status": "ok" if healthy else "degraded",
         "database": database,
         "redis": redis,
@@ -35,6 +35,9 @@ async def health(runtime: RuntimeDep) -> JSONResponse:
     }
     if runtime.guard is not None:
         body["limits_backlog"] = runtime.guard.backlog
+    body["upstreams"] = {
+        name: "ok" if up else "cooling_down" for name, up in runtime.router.states().items()
+    }
     return JSONResponse(body, status_code=200 if healthy else 503)
 
 

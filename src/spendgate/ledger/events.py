@@ -15,7 +15,8 @@ class UsageEvent:
     """Everything the ledger keeps about one request.
 
     `request_id` is unique in the ledger: writing the same event twice counts it once.
-    `cost_usd` is None when the model has no known price.
+    `cost_usd` is None when the model has no known price. `provider_cost_pico` is the cost
+    the provider itself reported (OpenRouter's `usage.cost`), None when it reported none.
     """
 
     request_id: str
@@ -42,6 +43,7 @@ class UsageEvent:
     error_code: str | None = None
     key_display: str | None = None
     cost_pico: int | None = None  # `cost_usd` in picodollars; filled in when not given
+    provider_cost_pico: int | None = None
 
     def __post_init__(self) -> None:
         if self.cost_pico is None and self.cost_usd is not None:

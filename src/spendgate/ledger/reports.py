@@ -63,6 +63,7 @@ CSV_COLUMNS = (
     "end_user",
     "upstream",
     "requested_model",
+    "provider_cost_usd",
 )
 TOKEN_FIELDS = (
     "prompt_tokens",
@@ -265,8 +266,9 @@ async def key_totals(engine: AsyncEngine, key_id: int) -> dict[str, Any]:
 
 
 def event_fields(row: RowMapping) -> dict[str, Any]:
-    """One usage event as the CSV columns name it (cost as Decimal, None when unpriced)."""
+    """One usage event as the CSV columns name it (costs as Decimal, None when unknown)."""
     cost = row["cost_pico"]
+    provider_cost = row["provider_cost_pico"]
     return {
         "timestamp": row["ts"].isoformat().replace("+00:00", "Z"),
         "request_id": row["request_id"],
@@ -284,6 +286,7 @@ def event_fields(row: RowMapping) -> dict[str, Any]:
         "end_user": row["end_user"],
         "upstream": row["upstream"],
         "requested_model": row["requested_model"],
+        "provider_cost_usd": None if provider_cost is None else pico_to_usd(provider_cost),
     }
 
 

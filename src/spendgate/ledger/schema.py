@@ -204,6 +204,8 @@ class UsageEventRow(Base):
     reasoning_tokens: Mapped[int] = mapped_column(BigInteger)
     total_tokens: Mapped[int] = mapped_column(BigInteger)
     cost_pico: Mapped[int | None] = mapped_column(BigInteger)  # None: model has no price
+    # The cost the provider reported (OpenRouter), None when it reported none.
+    provider_cost_pico: Mapped[int | None] = mapped_column(BigInteger)
     latency_ms: Mapped[int] = mapped_column(Integer)
     estimated: Mapped[bool] = mapped_column(Boolean)
     source: Mapped[str] = mapped_column(String(SOURCE_LEN))

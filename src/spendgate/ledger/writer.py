@@ -265,6 +265,7 @@ class _Row(NamedTuple):
     reasoning_tokens: int
     total_tokens: int
     cost_pico: int | None
+    provider_cost_pico: int | None
     latency_ms: int
     estimated: bool
     source: str
@@ -377,7 +378,7 @@ def _event_row(request_id: str, event: UsageEvent, displays: dict[int, str]) -> 
         event.model, event.requested_model, event.endpoint, event.method, event.status,
         event.stream, event.prompt_tokens, event.completion_tokens, event.cached_tokens,
         event.reasoning_tokens, event.total_tokens,
-        cost,
+        cost, event.provider_cost_pico,
         event.latency_ms, event.estimated, event.source, event.end_user, event.upstream,
         event.error_code,
     ]  # fmt: skip

@@ -3,8 +3,14 @@
 Prices come, in order of precedence, from the pricing file (`SPENDGATE_PRICING_FILE`, USD
 per million tokens), from `MODEL_PRICING_JSON` (USD per thousand tokens) and from the
 price database bundled with the `genai-prices` package. The bundled data is read as
-shipped: its updater, which downloads newer prices, is never used. Each model is resolved
-once per `PriceBook` and cached, so pricing a request is a dict lookup and three products.
+shipped: its updater, which downloads newer prices, is never used. Each (provider, model)
+pair is resolved once per `PriceBook` and cached, so pricing a request is a dict lookup and
+three products.
+
+The provider is the genai-prices id of the upstream that answered ("openai", "azure",
+"openrouter"): Azure and OpenRouter publish their own prices, and OpenRouter names models
+`vendor/model`. A provider with no entry for a model falls back to the provider-less lookup
+(OpenAI's price first, then any provider whose models match the name).
 """
 
 import json
@@ -18,7 +24,7 @@ from typing import Any
 
 import genai_prices
 from genai_prices import data_snapshot
-from genai_prices.types import TieredPrices
+from genai_prices.types import ModelInfo, TieredPrices
 
 from spendgate.metering.usage import Usage
 
@@ -28,7 +34,7 @@ INLINE_PRICING_SETTING = "MODEL_PRICING_JSON"
 # Keys of one model's entry: (required, optional) -> per-token scale.
 _FILE_KEYS = (("input_per_1m", "output_per_1m"), ("cached_input_per_1m",), -6)
 _INLINE_KEYS = (("input", "output"), ("cached_input",), -3)
-_BUILTIN_PROVIDER = "openai"
+_DEFAULT_PROVIDER = "openai"
 # Bound on cached lookups: model names come from clients, so misses must not grow forever.
 _CACHE_LIMIT = 4096
 
@@ -80,32 +86,42 @@ class PriceBook:
 
     def __init__(self, overrides: Mapping[str, ModelPrice]) -> None:
         self._overrides = dict(overrides)
-        self._cache: dict[str, ModelPrice | None] = {}
+        self._cache: dict[tuple[str | None, str], ModelPrice | None] = {}
 
-    def price_of(self, model: str) -> ModelPrice | None:
-        """Return the price of `model` (exact override name, else built-in), or None."""
+    def price_of(self, model: str, provider: str | None = None) -> ModelPrice | None:
+        """Return the price of `model` (exact override name, else built-in), or None.
+
+        `provider` (a genai-prices provider id) picks that provider's built-in price when it
+        lists the model; overrides apply whatever the provider.
+        """
+        key = (provider, model)
         try:
-            return self._cache[model]
+            return self._cache[key]
         except KeyError:
             pass
         price = self._overrides.get(model)
         if price is None:
-            price = _builtin_price(model)
+            price = _builtin_price(model, provider)
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
-        self._cache[model] = price
+        self._cache[key] = price
         return price
 
-    def describe(self, model: str) -> ModelPrice | None:
+    def describe(self, model: str, provider: str | None = None) -> ModelPrice | None:
         """Return the price that applies to `model` (for `spendgate prices MODEL`)."""
-        return self.price_of(model)
+        return self.price_of(model, provider)
 
-    def cost(self, usage: Usage, requested_model: str | None) -> tuple[str | None, Decimal | None]:
-        """Return (model recorded, USD cost or None when neither served nor requested is priced)."""
+    def cost(
+        self, usage: Usage, requested_model: str | None, provider: str | None = None
+    ) -> tuple[str | None, Decimal | None]:
+        """Return (model recorded, USD cost or None when neither served nor requested is priced).
+
+        `provider` is the answering upstream's genai-prices provider id, when known.
+        """
         served = usage.model
-        price = self.price_of(served) if served else None
+        price = self.price_of(served, provider) if served else None
         if price is None and requested_model:
-            price = self.price_of(requested_model)
+            price = self.price_of(requested_model, provider)
         model = served or requested_model
         if price is None:
             return model, None
@@ -118,28 +134,46 @@ class PriceBook:
         )
 
 
-def _builtin_price(model: str) -> ModelPrice | None:
-    """Look `model` up in genai-prices' bundled data: provider "openai" first, then any."""
+def _builtin_price(model: str, provider: str | None = None) -> ModelPrice | None:
+    """Look `model` up in genai-prices' bundled data.
+
+    `provider`'s own token price first when one is given; then provider "openai", then any
+    provider whose model patterns match.
+    """
     snapshot = data_snapshot.get_snapshot()
-    for provider_id in (_BUILTIN_PROVIDER, None):
+    if provider is not None and provider != _DEFAULT_PROVIDER:
         try:
-            provider, model_info = snapshot.find_provider_model(model, None, provider_id, None)
+            found, model_info = snapshot.find_provider_model(model, None, provider, None)
+        except LookupError:  # no such provider, or it does not list the model
+            pass
+        else:
+            price = _token_price(model_info, found.id)
+            if price is not None:
+                return price
+    for provider_id in (_DEFAULT_PROVIDER, None):
+        try:
+            found, model_info = snapshot.find_provider_model(model, None, provider_id, None)
         except LookupError:
             continue
-        prices = model_info.get_prices(datetime.now(tz=UTC))
-        input_price = _per_million(getattr(prices, "input_mtok", None))
-        output_price = _per_million(getattr(prices, "output_mtok", None))
-        if input_price is None and output_price is None:
-            return None  # priced by something other than tokens (images, audio seconds…)
-        input_price = input_price if input_price is not None else Decimal(0)
-        cached_price = _per_million(getattr(prices, "cache_read_mtok", None))
-        return ModelPrice(
-            input_per_token=input_price,
-            output_per_token=output_price if output_price is not None else Decimal(0),
-            cached_input_per_token=cached_price if cached_price is not None else input_price,
-            source=f"genai-prices {genai_prices.__version__} ({provider.id})",
-        )
+        return _token_price(model_info, found.id)
     return None
+
+
+def _token_price(model_info: ModelInfo, provider_id: str) -> ModelPrice | None:
+    """The model's current per-token price, or None when it is not priced by the token."""
+    prices = model_info.get_prices(datetime.now(tz=UTC))
+    input_price = _per_million(getattr(prices, "input_mtok", None))
+    output_price = _per_million(getattr(prices, "output_mtok", None))
+    if input_price is None and output_price is None:
+        return None  # priced by something other than tokens (images, audio seconds…)
+    input_price = input_price if input_price is not None else Decimal(0)
+    cached_price = _per_million(getattr(prices, "cache_read_mtok", None))
+    return ModelPrice(
+        input_per_token=input_price,
+        output_per_token=output_price if output_price is not None else Decimal(0),
+        cached_input_per_token=cached_price if cached_price is not None else input_price,
+        source=f"genai-prices {genai_prices.__version__} ({provider_id})",
+    )
 
 
 def _per_million(price: object) -> Decimal | None:

@@ -3,7 +3,8 @@
 The scanner sits on the hot path of every streamed request, so it avoids decoding JSON:
 an event is decoded only when it carries a usage *object* (OpenAI sends `"usage":null` on
 every chunk when `include_usage` is on, which must stay cheap) or is a terminal Responses
-event. Generated text is found with byte regexes and kept JSON-escaped; it is decoded only
+event; a `cost` the provider reports in that usage object is read from the same event's
+bytes. Generated text is found with byte regexes and kept JSON-escaped; it is decoded only
 if someone asks for it (`completion_text()`, used when the usage never arrives).
 
 Forwarding is event-aligned: `feed` returns every complete event (ended by a blank line)
@@ -222,7 +223,7 @@ class SSEUsageScanner:
         usage = document.get("usage")
         if isinstance(usage, dict):
             model = document.get("model")
-            self.usage = usage_from_mapping(usage, model if isinstance(model, str) else None)
+            self.usage = usage_from_mapping(usage, model if isinstance(model, str) else None, event)
             if self._strip and document.get("choices") == []:
                 return False
         return True
@@ -245,7 +246,7 @@ class SSEUsageScanner:
         usage = response.get("usage")
         if isinstance(usage, dict):
             model = response.get("model")
-            self.usage = usage_from_mapping(usage, model if isinstance(model, str) else None)
+            self.usage = usage_from_mapping(usage, model if isinstance(model, str) else None, event)
 
     def _read_text(self) -> None:
         """Find the generated text in the events held unread, in order, and keep it."""

@@ -1,6 +1,7 @@
 """The `Usage` value: token counts of one request, as the provider reported or as estimated."""
 
 from dataclasses import dataclass
+from decimal import Decimal
 
 
 @dataclass(slots=True)  # not frozen: a frozen init costs twice as much, per request
@@ -9,7 +10,8 @@ class Usage:
 
     `cached_tokens` are part of `prompt_tokens`; `reasoning_tokens` are part of
     `completion_tokens` (both as OpenAI reports them). `model` is the model the upstream
-    says it served, when it says so.
+    says it served, when it says so. `provider_cost` is the USD cost the provider reported
+    for the request (OpenRouter's `usage.cost`), when it reports one.
     """
 
     prompt_tokens: int = 0
@@ -18,6 +20,7 @@ class Usage:
     reasoning_tokens: int = 0
     total_tokens: int = 0
     model: str | None = None
+    provider_cost: Decimal | None = None
 
     @classmethod
     def of(

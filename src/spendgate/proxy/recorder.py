@@ -44,7 +44,8 @@ class Outcome:
     usage: Usage | None = None
     completion_text: str = ""
     error_code: str | None = None
-    upstream: str | None = None
+    upstream: str | None = None  # name of the upstream that answered
+    provider: str | None = None  # its genai-prices provider id ("openai", "azure", …), if known
     upstream_seconds: float | None = None  # request sent → response headers
     first_token_seconds: float | None = None  # streams: request → first bytes relayed
 
@@ -71,9 +72,11 @@ class Recorder:
         """A unique request id for the ledger and the `x-spendgate-request-id` header."""
         return self._ids.next()
 
-    def price(self, usage: Usage, requested_model: str | None) -> tuple[str | None, Decimal | None]:
-        """The model priced and the exact cost of `usage`."""
-        return self._prices.cost(usage, requested_model)
+    def price(
+        self, usage: Usage, requested_model: str | None, provider: str | None = None
+    ) -> tuple[str | None, Decimal | None]:
+        """The model priced and the exact cost of `usage` (at `provider`'s price, if known)."""
+        return self._prices.cost(usage, requested_model, provider)
 
     async def prepare_estimate(self, request: PreparedRequest, outcome: Outcome) -> None:
         """Load the tokenizer an estimate will need, off the event loop, if not yet loaded.
@@ -117,7 +120,7 @@ class Recorder:
             else:
                 usage = ZERO_USAGE
         if usage.total_tokens or usage.prompt_tokens or usage.completion_tokens:
-            model, cost = self.price(usage, request.model)
+            model, cost = self.price(usage, request.model, outcome.provider)
         else:
             model, cost = usage.model or request.model, Decimal(0)
         event = UsageEvent(
@@ -138,6 +141,9 @@ class Recorder:
             total_tokens=usage.total_tokens,
             cost_usd=cost,
             cost_pico=None if cost is None else usd_to_pico(cost),
+            provider_cost_pico=(
+                None if usage.provider_cost is None else usd_to_pico(usage.provider_cost)
+            ),
             latency_ms=int((time.perf_counter() - started) * 1000),
             estimated=estimated,
             source="proxy",

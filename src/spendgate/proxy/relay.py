@@ -11,12 +11,14 @@ an estimate when the stream is aborted).
 """
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 
 from spendgate.errors import GatewayError, InvalidRequest, RequestTooLarge, UpstreamUnavailable
 from spendgate.keys.principals import Principal, PrincipalCache
@@ -27,15 +29,19 @@ from spendgate.metrics import GatewayMetrics
 from spendgate.money import format_usd
 from spendgate.proxy.drains import DrainPool
 from spendgate.proxy.headers import client_headers, read_request_headers
+from spendgate.proxy.models import ModelList
 from spendgate.proxy.paths import ProxyPath, parse_proxy_path
 from spendgate.proxy.recorder import Outcome, Recorder
 from spendgate.proxy.rewrite import PreparedRequest, prepare_request
+from spendgate.proxy.routing import Router, Upstream
 from spendgate.proxy.upstream import UpstreamClient
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+log = logging.getLogger("spendgate.proxy")
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _CHUNK = 64 * 1024
@@ -55,6 +61,10 @@ class ProxyApp:
         principals: PrincipalCache,
         admission: Admission,
         upstream: UpstreamClient,
+        router: Router,
+        models: ModelList,
+        max_attempts: int,
+        retry_backoff: float,
         recorder: Recorder,
         drains: DrainPool,
         metrics: GatewayMetrics,
@@ -66,6 +76,10 @@ class ProxyApp:
         self._principals = principals
         self._admission = admission
         self._upstream = upstream
+        self._router = router
+        self._models = models
+        self._max_attempts = max_attempts
+        self._backoff = retry_backoff
         self._recorder = recorder
         self._drains = drains
         self._metrics = metrics
@@ -89,7 +103,7 @@ class ProxyApp:
         id_header = (b"x-spendgate-request-id", request_id.encode())
         try:
             path = self._path(scope.get("raw_path") or scope["path"].encode())
-            heads = read_request_headers(scope["headers"], self._upstream.auth)
+            heads = read_request_headers(scope["headers"], ())
             principal = await self._principals.authenticate(path.key or heads.key)
             body = await self._read_body(receive, heads.content_length)
             end_user = heads.end_user
@@ -106,7 +120,11 @@ class ProxyApp:
             return
         except ClientGone:
             return
+        if path.endpoint == "models" and prepared.method == "GET":
+            await send_json(send, await self._models.answer(principal), id_header)
+            return
         try:
+            upstreams = self._router.route(prepared.model)
             admitted = await self._admission.admit(principal, prepared)
         except GatewayError as exc:
             self._recorder.record(
@@ -114,22 +132,46 @@ class ProxyApp:
             )
             await send_error(send, exc, id_header)
             return
-        url = self._upstream.url_for(path.raw, scope.get("query_string", b""))
-        sent_at = time.perf_counter()
-        try:
-            response = await self._upstream.send(prepared.method, url, heads.forward, prepared.body)
-        except GatewayError as exc:
-            await self._finish(
-                request_id, principal, prepared, admitted,
-                Outcome(exc.status, error_code=exc.code), started,
-            )  # fmt: skip
-            await send_error(send, exc, id_header)
-            return
+        query = scope.get("query_string", b"")
+        attempts = upstreams[: self._max_attempts]
+        last = len(attempts) - 1
+        for attempt, upstream in enumerate(attempts):
+            target = upstream.target
+            if attempt:
+                await asyncio.sleep(self._backoff * 2 ** (attempt - 1))
+            url = target.url_for(path.raw, query, prepared.model)
+            sent_at = time.perf_counter()
+            try:
+                response = await self._upstream.send(
+                    target, prepared.method, url, heads.forward + list(target.auth_headers),
+                    _body_for(target.model_map, prepared),
+                )  # fmt: skip
+            except GatewayError as exc:
+                self._attempt_failed(upstream, exc.code, request_id, attempt < last)
+                if attempt < last:
+                    continue
+                outcome = Outcome(exc.status, error_code=exc.code, upstream=upstream.name)
+                outcome.provider = target.provider
+                await self._finish(request_id, principal, prepared, admitted, outcome, started)
+                await send_error(send, exc, id_header)
+                return
+            status = response.status
+            if (status == 429 or status >= 500) and attempt < last:
+                self._attempt_failed(upstream, _status_outcome(status), request_id, True)
+                await _discard(response)
+                continue
+            if status == 429 or status >= 500:
+                self._attempt_failed(upstream, _status_outcome(status), request_id, False)
+            else:
+                upstream.breaker.succeeded()
+                self._metrics.attempt(upstream.name, "ok")
+            break
         head = client_headers(response.raw_headers)
         head.append(id_header)
         head.extend(admitted.headers)
+        head.append((b"x-spendgate-upstream", upstream.name.encode()))
         call = _Call(
-            request_id, principal, prepared, admitted, started, response, head,
+            request_id, principal, prepared, admitted, started, response, head, upstream,
             upstream_seconds=time.perf_counter() - sent_at,
         )  # fmt: skip
         content_type = response.headers.get("content-type", "")
@@ -279,7 +321,19 @@ class ProxyApp:
             call.response.close()
         await self._finish_call(call, _stream_outcome(call.response.status, scanner, error))
 
+    def _attempt_failed(
+        self, upstream: Upstream, outcome: str, request_id: str, falling_back: bool
+    ) -> None:
+        upstream.breaker.failed()
+        self._metrics.attempt(upstream.name, outcome)
+        log.warning(
+            "%s: upstream %s failed (%s)%s", request_id, upstream.name, outcome,
+            "; trying the next upstream" if falling_back else "",
+        )  # fmt: skip
+
     async def _finish_call(self, call: "_Call", outcome: Outcome) -> tuple[Any, Any]:
+        outcome.upstream = call.upstream.name
+        outcome.provider = call.upstream.target.provider
         outcome.upstream_seconds = call.upstream_seconds
         outcome.first_token_seconds = call.first_token_seconds
         return await self._finish(
@@ -295,8 +349,6 @@ class ProxyApp:
         outcome: Outcome,
         started: float,
     ) -> tuple[Any, Any]:
-        if outcome.upstream is None:
-            outcome.upstream = self._upstream.target.name
         if outcome.usage is None:
             await self._recorder.prepare_estimate(prepared, outcome)
         usage, cost = self._recorder.record(request_id, principal, prepared, outcome, started)
@@ -315,6 +367,7 @@ class _Call:
     started: float
     response: aiohttp.ClientResponse
     head: list[tuple[bytes, bytes]]
+    upstream: Upstream
     upstream_seconds: float | None = None
     first_token_seconds: float | None = None
 
@@ -327,6 +380,35 @@ def _stream_outcome(status: int, scanner: SSEUsageScanner, error: str | None) ->
         completion_text=scanner.completion_text() if usage is None else "",
         error_code=error if usage is None else None,
     )
+
+
+def _body_for(model_map: Any, prepared: PreparedRequest) -> bytes:
+    """The body for an upstream that knows the requested model by another name."""
+    if model_map and prepared.model in model_map and prepared.json is not None:
+        return orjson.dumps({**prepared.json, "model": model_map[prepared.model]})
+    return prepared.body
+
+
+def _status_outcome(status: int) -> str:
+    return "http_429" if status == 429 else "http_5xx"
+
+
+async def _discard(response: aiohttp.ClientResponse) -> None:
+    """Read a failed attempt's (small) answer so its connection goes back to the pool."""
+    try:
+        async with asyncio.timeout(5):
+            await response.read()
+    except (aiohttp.ClientError, TimeoutError):
+        response.close()
+    finally:
+        response.release()
+
+
+async def send_json(send: Send, body: bytes, *extra: tuple[bytes, bytes]) -> None:
+    """Answer 200 with a JSON body the gateway made itself."""
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode()), *extra]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def send_error(send: Send, error: GatewayError, *extra: tuple[bytes, bytes]) -> None:
