@@ -8,6 +8,13 @@ or 16 visible words ("tok0 tok1 ...", one stream chunk each), plus the reasoning
 `GET /v1/models` lists a few models; any other `/v1` path echoes its method and path.
 Knobs are request headers `x-fake-*` (see `_Knobs`); `GET /__fake__/stats` and
 `POST /__fake__/reset` show and zero the counters of what the fake billed.
+
+To play other providers: Azure OpenAI's `POST /openai/deployments/{deployment}/{endpoint}`
+(needs `?api-version=`; the model is the deployment's, from `deployments`), a required key
+(`require_key`: `api-key` on Azure routes, `Authorization: Bearer` elsewhere), and
+OpenRouter's `usage.cost` (`report_cost`). For fallback tests one fake among several can fail
+without header knobs (the gateway forwards headers to every upstream it tries):
+`fail_next(status, count)` and `delay_headers(seconds)`.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields
+from decimal import Decimal
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -41,6 +49,10 @@ _DONE = b"data: [DONE]\n\n"
 _JSON = "application/json"
 _FALSY = frozenset({"", "0", "false", "no", "off"})
 _NOT_JSON = object()  # sentinel: the request body is not JSON
+# OpenRouter-style `usage.cost` (report_cost=True): USD per prompt and per completion token.
+COST_PER_PROMPT_TOKEN = Decimal("0.000001")
+COST_PER_COMPLETION_TOKEN = Decimal("0.000002")
+AZURE_ENDPOINTS = ("chat/completions", "completions", "embeddings")
 
 
 @dataclass(slots=True)
@@ -72,12 +84,13 @@ class FakeStats(ModelStats):
     errors: int = 0  # error responses sent
     unbilled: int = 0  # answers that ended without usage on the wire (reset, gone, no usage)
     received: int = 0  # every request under /v1
+    cost_reported: Decimal = Decimal(0)  # exact sum of the `usage.cost` sent (report_cost)
 
     def clear(self) -> None:
         """Zero every counter in place, so references to this object stay live."""
         for f in fields(self):
             if f.name != "by_model":
-                setattr(self, f.name, 0)
+                setattr(self, f.name, Decimal(0) if f.name == "cost_reported" else 0)
         self.by_model.clear()
 
 
@@ -231,6 +244,26 @@ def _error_type(status: int) -> str:
     return named.get(status) or ("server_error" if status >= 500 else "invalid_request_error")
 
 
+def _exact_cost(usage: _Usage) -> Decimal:
+    return usage.prompt * COST_PER_PROMPT_TOKEN + usage.completion * COST_PER_COMPLETION_TOKEN
+
+
+def _presented_key(request: web.Request) -> str | None:
+    """The key of a request: `api-key` (Azure routes), else `Authorization: Bearer`."""
+    if request.path.startswith("/openai/"):
+        return request.headers.get("api-key")
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def _azure_error(status: int, code: str, message: str) -> web.Response:
+    return web.Response(
+        body=orjson.dumps({"error": {"code": code, "message": message}}),
+        status=status,
+        content_type=_JSON,
+    )
+
+
 def _vector(dims: int) -> list[float]:
     return [round(0.125 * (i + 1), 3) for i in range(dims)]
 
@@ -238,10 +271,28 @@ def _vector(dims: int) -> list[float]:
 class FakeUpstream:
     """Deterministic OpenAI-compatible HTTP server (aiohttp) with live usage counters."""
 
-    def __init__(self, *, latency_ms: float = 0, seed_model_suffix: str | None = None) -> None:
-        """Set the default latency and an optional suffix appended to served model names."""
+    def __init__(
+        self,
+        *,
+        latency_ms: float = 0,
+        seed_model_suffix: str | None = None,
+        deployments: dict[str, str] | None = None,
+        require_key: str | None = None,
+        report_cost: bool = False,
+    ) -> None:
+        """Set the default latency and an optional suffix appended to served model names.
+
+        `deployments` (Azure deployment -> model) serves the Azure routes; `require_key` makes
+        every request need that key (`api-key` on Azure routes, `Authorization: Bearer` on
+        /v1); `report_cost` adds OpenRouter's `usage.cost` to every usage object.
+        """
         self.latency_ms = latency_ms
         self.seed_model_suffix = seed_model_suffix
+        self.deployments = dict(deployments or {})
+        self.require_key = require_key
+        self.report_cost = report_cost
+        self._failures: collections.deque[tuple[int, str]] = collections.deque()
+        self._header_delay = 0.0
         self.stats = FakeStats()
         self.requests: collections.deque[RecordedRequest] = collections.deque(
             maxlen=RECORDED_REQUESTS
@@ -255,6 +306,14 @@ class FakeUpstream:
         self._vector_b64 = base64.b64encode(struct.pack(f"<{len(self._vector)}f", *self._vector))
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in MODELS]
         self._models_body = orjson.dumps({"object": "list", "data": data})
+
+    def fail_next(self, status: int, count: int = 1, retry_after: str = "1") -> None:
+        """Answer the next `count` requests with this error status (not billed)."""
+        self._failures.extend([(status, retry_after)] * count)
+
+    def delay_headers(self, seconds: float) -> None:
+        """Wait this long before answering every request (0: answer at once again)."""
+        self._header_delay = seconds
 
     @property
     def base_url(self) -> str:
@@ -281,6 +340,11 @@ class FakeUpstream:
         ]
         for path, build in routes:
             app.router.add_post("/v1/" + path, partial(self._metered, build=build))
+        for path in AZURE_ENDPOINTS:
+            app.router.add_post(
+                "/openai/deployments/{deployment}/" + path,
+                partial(self._azure, build=dict(routes)[path]),
+            )
         app.router.add_get("/__fake__/stats", self._stats_endpoint)
         app.router.add_post("/__fake__/reset", self._reset_endpoint)
         app.router.add_route("*", "/v1/{tail:.*}", self._plain)
@@ -306,6 +370,8 @@ class FakeUpstream:
 
     def _account(self, model: str, usage: _Usage, sign: int = 1) -> None:
         self.stats.add(usage, sign)
+        if self.report_cost:
+            self.stats.cost_reported += sign * _exact_cost(usage)
         per_model = self.stats.by_model.setdefault(model, ModelStats())
         per_model.add(usage, sign)
         if per_model.requests == 0:  # a billing taken back
@@ -360,6 +426,16 @@ class FakeUpstream:
             knobs = self._knobs(headers)
         except _BadRequest as exc:
             return self._error(400, str(exc))
+        if self.require_key is not None and _presented_key(request) != self.require_key:
+            self.stats.errors += 1
+            error = {"message": "Incorrect API key provided.", "type": "invalid_request_error",
+                     "code": "invalid_api_key", "param": None}  # fmt: skip
+            return web.Response(body=orjson.dumps({"error": error}), status=401, content_type=_JSON)
+        if self._header_delay > 0:
+            await asyncio.sleep(self._header_delay)
+        if self._failures:
+            status, retry_after = self._failures.popleft()
+            return self._error(status, f"fake upstream error (fail_next {status})", retry_after)
         if knobs.latency_s > 0:
             await asyncio.sleep(knobs.latency_s)
         if knobs.status:
@@ -367,8 +443,24 @@ class FakeUpstream:
             return self._error(knobs.status, message, knobs.retry_after)
         return body, knobs
 
-    async def _metered(
+    async def _azure(
         self, request: web.Request, build: Callable[[_Call], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Azure OpenAI's deployment routes: api-version required, the model from the deployment."""
+        if "api-version" not in request.query:
+            return _azure_error(404, "404", "Resource not found")
+        model = self.deployments.get(request.match_info["deployment"])
+        if model is None:
+            return _azure_error(
+                404, "DeploymentNotFound", "The API deployment for this resource does not exist."
+            )
+        return await self._metered(request, build, model)
+
+    async def _metered(
+        self,
+        request: web.Request,
+        build: Callable[[_Call], Awaitable[web.StreamResponse]],
+        deployment_model: str | None = None,
     ) -> web.StreamResponse:
         """Common path of the metered endpoints (a plain request may be reset right away)."""
         begun = await self._begin(request)
@@ -380,7 +472,7 @@ class FakeUpstream:
                 raise _BadRequest("We could not parse the JSON body of your request.")
             if not isinstance(body, dict):
                 raise _BadRequest("The request body must be a JSON object.")
-            model = body.get("model")
+            model = deployment_model or body.get("model")
             if not isinstance(model, str) or not model:
                 raise _BadRequest("You must provide a model parameter.")
             if knobs.served_model is not None:
@@ -393,6 +485,10 @@ class FakeUpstream:
             return await build(_Call(request, body, knobs, model))
         except _BadRequest as exc:
             return self._error(400, str(exc))
+
+    def _cost(self, usage: _Usage) -> dict[str, float]:
+        """OpenRouter's `usage.cost`, when reporting it."""
+        return {"cost": float(_exact_cost(usage))} if self.report_cost else {}
 
     def _text(self, words: int) -> str:
         return "".join(
@@ -492,7 +588,7 @@ class FakeUpstream:
                 choice["message"] = {"role": "assistant", "content": text, "refusal": None}
             else:
                 choice["text"] = text
-            payload = {**base, "choices": [choice], "usage": _chat_usage(usage)}
+            payload = {**base, "choices": [choice], "usage": _chat_usage(usage) | self._cost(usage)}
             return await self._send(c.request, payload, model, usage)
         opts = body.get("stream_options")
         with_usage = isinstance(opts, dict) and opts.get("include_usage") is True
@@ -517,7 +613,7 @@ class FakeUpstream:
             return _fill(first if i == 0 else later, self._piece_json(i))
 
         head = [chunk("", None, role=True)] if words == 0 and chat else []
-        final = _sse({**base, "choices": [], "usage": _chat_usage(usage)})
+        final = _sse({**base, "choices": [], "usage": _chat_usage(usage) | self._cost(usage)})
         stream = _Stream(head, content, [chunk(None, finish)], final if with_usage else None, _DONE)
         return await self._stream(c, usage, words, stream)
 
@@ -537,7 +633,7 @@ class FakeUpstream:
         data = [
             {"object": "embedding", "index": i, "embedding": encoded} for i in range(len(items))
         ]
-        tokens = {"prompt_tokens": usage.prompt, "total_tokens": usage.prompt}
+        tokens = {"prompt_tokens": usage.prompt, "total_tokens": usage.prompt} | self._cost(usage)
         payload = {"object": "list", "data": data, "model": c.model, "usage": tokens}
         return await self._send(c.request, payload, c.model, usage)
 
@@ -556,7 +652,7 @@ class FakeUpstream:
         static |= {"tools": [], "max_output_tokens": limit, "error": None}
 
         def response(status: str, output: list[Any], with_usage: bool) -> dict[str, Any]:
-            billed = _responses_usage(usage) if with_usage else None
+            billed = _responses_usage(usage) | self._cost(usage) if with_usage else None
             return {**static, "status": status, "output": output, "usage": billed}
 
         def message(status: str, text: str | None) -> dict[str, Any]:
@@ -608,11 +704,11 @@ class FakeUpstream:
         return web.Response(body=orjson.dumps(payload), content_type=_JSON)
 
     async def _stats_endpoint(self, request: web.Request) -> web.StreamResponse:
-        return web.Response(body=orjson.dumps(self.stats), content_type=_JSON)
+        return web.Response(body=orjson.dumps(self.stats, default=str), content_type=_JSON)
 
     async def _reset_endpoint(self, request: web.Request) -> web.StreamResponse:
         self.reset()
-        return web.Response(body=orjson.dumps(self.stats), content_type=_JSON)
+        return web.Response(body=orjson.dumps(self.stats, default=str), content_type=_JSON)
 
 
 async def _serve(host: str, port: int, latency_ms: float) -> None:

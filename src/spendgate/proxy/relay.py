@@ -147,7 +147,8 @@ class ProxyApp:
                     _body_for(target.model_map, prepared),
                 )  # fmt: skip
             except GatewayError as exc:
-                self._attempt_failed(upstream, exc.code, request_id, attempt < last)
+                failure = "timeout" if exc.code == "upstream_timeout" else "connect_error"
+                self._attempt_failed(upstream, failure, request_id, attempt < last)
                 if attempt < last:
                     continue
                 outcome = Outcome(exc.status, error_code=exc.code, upstream=upstream.name)
