@@ -19,6 +19,9 @@ from spendgate.config import ConfigError, Settings, load_settings
 T = TypeVar("T")
 _PIPED_WIDTH = 10_000
 
+
+MIN_ADMIN_TOKEN_LENGTH = 24
+MIN_ADMIN_TOKEN_DISTINCT = 10
 app = typer.Typer(
     help="spendgate: a self-hosted, OpenAI-compatible LLM gateway with an exact usage ledger.",
     no_args_is_help=True,
@@ -171,6 +174,14 @@ def _serve(settings: Settings, host: str, port: int, workers: int = 1) -> None:
                 "[yellow]spendgate: no admin token (SPENDGATE_ADMIN_TOKEN): "
                 "the admin API answers 401 to everyone.[/yellow]"
             )
+        else:
+            weakness = token_weakness(settings.admin_token.get_secret_value())
+            if weakness:
+                console.print(
+                    f"[yellow]spendgate: the admin token (SPENDGATE_ADMIN_TOKEN) is weak: "
+                    f"{weakness}. Use 32 or more random characters "
+                    "(`spendgate init` writes one).[/yellow]"
+                )
         console.print(f"spendgate listening on http://{host}:{port}{processes}", highlight=False)
 
     if workers > 1:
@@ -190,6 +201,15 @@ def _serve(settings: Settings, host: str, port: int, workers: int = 1) -> None:
         announce()
 
     run_async(lambda: serve_app(gateway, host, port, started))
+
+
+def token_weakness(token: str) -> str | None:
+    """Why an admin token is easy to guess, or None when it looks random enough."""
+    if len(token) < MIN_ADMIN_TOKEN_LENGTH:
+        return f"{len(token)} characters"
+    if len(set(token)) < MIN_ADMIN_TOKEN_DISTINCT:
+        return f"only {len(set(token))} different characters"
+    return None
 
 
 @app.command()

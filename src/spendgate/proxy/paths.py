@@ -1,7 +1,7 @@
 """Proxy paths: what is forwarded, and refusing anything that would leave `/v1/`."""
 
 from dataclasses import dataclass
-from urllib.parse import unquote_to_bytes
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 from spendgate.errors import InvalidRequest
 from spendgate.keys.material import looks_like_key
@@ -53,6 +53,20 @@ def parse_proxy_path(raw_path: bytes, key_in_path: bool) -> ProxyPath:
         raise InvalidRequest("Path escapes /v1/ after normalisation.")
     endpoint = decoded.decode("utf-8", "replace").rstrip("/")
     return ProxyPath(raw=rest.decode("latin-1"), endpoint=endpoint, key=key)
+
+
+_KEY_PARAMETERS = frozenset({"api_key", "api-key", "apikey", "key", "access_token", "token"})
+
+
+def check_query(query: bytes) -> None:
+    """Refuse a key in the query string (400): URLs end up in access logs and histories."""
+    if not query:
+        return
+    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if name.lower() in _KEY_PARAMETERS or looks_like_key(value.strip()):
+            raise InvalidRequest(
+                "Send the key in the Authorization header, not in the URL.", param=name[:64]
+            )
 
 
 def _fully_unquote(raw: bytes) -> bytes:

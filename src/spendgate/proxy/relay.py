@@ -30,7 +30,7 @@ from spendgate.money import format_usd
 from spendgate.proxy.drains import DrainPool
 from spendgate.proxy.headers import client_headers, read_request_headers
 from spendgate.proxy.models import ModelList
-from spendgate.proxy.paths import ProxyPath, parse_proxy_path
+from spendgate.proxy.paths import ProxyPath, check_query, parse_proxy_path
 from spendgate.proxy.recorder import Outcome, Recorder
 from spendgate.proxy.rewrite import PreparedRequest, prepare_request
 from spendgate.proxy.routing import Router, Upstream
@@ -103,6 +103,7 @@ class ProxyApp:
         id_header = (b"x-spendgate-request-id", request_id.encode())
         try:
             path = self._path(scope.get("raw_path") or scope["path"].encode())
+            check_query(scope.get("query_string", b""))
             heads = read_request_headers(scope["headers"], ())
             principal = await self._principals.authenticate(path.key or heads.key)
             body = await self._read_body(receive, heads.content_length)
