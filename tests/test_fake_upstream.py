@@ -7,7 +7,9 @@ import dataclasses
 import re
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -15,10 +17,16 @@ import openai
 import pydantic
 import pytest
 from openai.types import Completion, CreateEmbeddingResponse
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionStreamOptionsParam
 from openai.types.responses import Response, ResponseStreamEvent
 
-from spendgate.fake_upstream import FakeStats, FakeUpstream, ModelStats
+from spendgate.fake_upstream import (
+    COST_PER_COMPLETION_TOKEN,
+    COST_PER_PROMPT_TOKEN,
+    FakeStats,
+    FakeUpstream,
+    ModelStats,
+)
 
 MESSAGES: Any = [
     {"role": "system", "content": "be brief"},
@@ -698,3 +706,322 @@ async def test_main_serves_until_sigterm() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+# -- playing other providers ----------------------------------------------------
+
+AZURE_KEY = "az-key"
+API_VERSION = "2024-10-21"
+DEPLOYMENTS = {"gpt4o-prod": "gpt-4o", "embed-prod": "text-embedding-3-small"}
+
+
+@pytest.fixture
+async def azure_fake() -> AsyncIterator[FakeUpstream]:
+    server = FakeUpstream(deployments=DEPLOYMENTS, require_key=AZURE_KEY)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def azure(azure_fake: FakeUpstream) -> AsyncIterator[openai.AsyncAzureOpenAI]:
+    sdk = azure_client(azure_fake)
+    yield sdk
+    await sdk.close()
+
+
+def azure_client(fake: FakeUpstream, key: str = AZURE_KEY) -> openai.AsyncAzureOpenAI:
+    """The official Azure client: it builds Azure's URLs and `api-key` header itself."""
+    return openai.AsyncAzureOpenAI(
+        azure_endpoint=fake.base_url.removesuffix("/v1"),
+        api_key=key,
+        api_version=API_VERSION,
+        max_retries=0,
+    )
+
+
+def expected_cost(prompt: int, completion: int) -> Decimal:
+    return prompt * COST_PER_PROMPT_TOKEN + completion * COST_PER_COMPLETION_TOKEN
+
+
+def reported_cost(usage: pydantic.BaseModel | None) -> object:
+    assert usage is not None and usage.model_extra is not None
+    return usage.model_extra.get("cost")
+
+
+async def test_azure_sdk_reaches_a_deployment_and_bills_its_model(
+    azure_fake: FakeUpstream, azure: openai.AsyncAzureOpenAI
+) -> None:
+    answer = await azure.chat.completions.create(model="gpt4o-prod", messages=MESSAGES)
+    assert answer.model == "gpt-4o"
+    assert answer.usage is not None and answer.usage.prompt_tokens == MESSAGES_PROMPT_TOKENS
+    assert reported_cost(answer.usage) is None  # only with report_cost
+    sent = azure_fake.requests[-1]
+    assert (sent.path, sent.query_string) == (
+        "/openai/deployments/gpt4o-prod/chat/completions",
+        f"api-version={API_VERSION}",
+    )
+    assert sent.headers["api-key"] == AZURE_KEY and "authorization" not in sent.headers
+    stream = await azure.chat.completions.create(
+        model="gpt4o-prod",
+        messages=MESSAGES,
+        stream=True,
+        stream_options={"include_usage": True},
+        max_tokens=3,
+    )
+    chunks = [chunk async for chunk in stream]
+    assert {c.model for c in chunks} == {"gpt-4o"}
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
+    vectors = await azure.embeddings.create(model="embed-prod", input=["a b", "c"])
+    assert vectors.model == "text-embedding-3-small" and len(vectors.data) == 2
+    assert vectors.usage.prompt_tokens == 3
+    assert azure_fake.requests[-1].path == "/openai/deployments/embed-prod/embeddings"
+    by_model = azure_fake.stats.by_model
+    assert (by_model["gpt-4o"].requests, by_model["gpt-4o"].completion_tokens) == (2, 16 + 3)
+    assert by_model["text-embedding-3-small"] == ModelStats(1, 3, 0, 0, 0, 3)
+    assert list(by_model) == ["gpt-4o", "text-embedding-3-small"]
+
+
+async def test_azure_responses_name_the_deployment_in_the_body(
+    azure_fake: FakeUpstream, azure: openai.AsyncAzureOpenAI
+) -> None:
+    result = await azure.responses.create(model="gpt4o-prod", input="hi", max_output_tokens=2)
+    assert (result.model, result.output_text) == ("gpt-4o", words(2))
+    sent = azure_fake.requests[-1]
+    assert (sent.path, sent.query_string) == ("/openai/responses", f"api-version={API_VERSION}")
+    assert azure_fake.stats.by_model["gpt-4o"].requests == 1
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body"),
+    [
+        ("chat/completions", {"messages": MESSAGES}),
+        ("completions", {"prompt": "a b"}),
+        ("embeddings", {"input": "a b"}),
+        ("responses", {"input": "a b"}),
+    ],
+)
+async def test_every_azure_deployment_endpoint_answers_as_its_model(
+    azure_fake: FakeUpstream, endpoint: str, body: dict[str, Any]
+) -> None:
+    url = f"{azure_fake.base_url.removesuffix('/v1')}/openai/deployments/gpt4o-prod/{endpoint}"
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            url, params={"api-version": API_VERSION}, json=body, headers={"api-key": AZURE_KEY}
+        ) as resp,
+    ):
+        assert resp.status == 200
+        assert (await resp.json())["model"] == "gpt-4o"
+    assert list(azure_fake.stats.by_model) == ["gpt-4o"]
+
+
+async def test_azure_route_without_api_version_is_resource_not_found(
+    azure_fake: FakeUpstream,
+) -> None:
+    url = f"{azure_fake.base_url.removesuffix('/v1')}/openai/deployments/gpt4o-prod/embeddings"
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url, json={"input": "a"}, headers={"api-key": AZURE_KEY}) as resp,
+    ):
+        assert resp.status == 404 and resp.content_type == "application/json"
+        assert await resp.json() == {"error": {"code": "404", "message": "Resource not found"}}
+    stats = azure_fake.stats
+    assert (stats.received, stats.errors, stats.requests) == (1, 1, 0)
+    assert azure_fake.requests[-1].path == "/openai/deployments/gpt4o-prod/embeddings"
+
+
+async def test_unknown_azure_deployment_is_not_found(
+    azure_fake: FakeUpstream, azure: openai.AsyncAzureOpenAI
+) -> None:
+    with pytest.raises(openai.NotFoundError) as chat:
+        await azure.chat.completions.create(model="no-such", messages=MESSAGES)
+    with pytest.raises(openai.NotFoundError) as responses:
+        await azure.responses.create(model="no-such", input="hi")
+    for caught in (chat, responses):
+        assert isinstance(caught.value.body, dict)
+        assert caught.value.body["code"] == "DeploymentNotFound"
+        assert caught.value.body["message"]
+    assert (azure_fake.stats.errors, azure_fake.stats.requests) == (2, 0)
+
+
+async def test_require_key_refuses_a_wrong_or_misplaced_key(azure_fake: FakeUpstream) -> None:
+    wrong = azure_client(azure_fake, key="nope")
+    bearer_right = openai.AsyncOpenAI(base_url=azure_fake.base_url, api_key=AZURE_KEY)
+    bearer_wrong = openai.AsyncOpenAI(base_url=azure_fake.base_url, api_key="nope")
+    try:
+        with pytest.raises(openai.AuthenticationError) as caught:
+            await wrong.chat.completions.create(model="gpt4o-prod", messages=MESSAGES)
+        assert isinstance(caught.value.body, dict)
+        assert caught.value.body["code"] == "invalid_api_key"
+        assert caught.value.body["type"] == "invalid_request_error"
+        with pytest.raises(openai.AuthenticationError):
+            await bearer_wrong.models.list()
+        # /v1 routes read `Authorization`; an `api-key` header there does not count.
+        with pytest.raises(openai.AuthenticationError):
+            await bearer_wrong.models.list(extra_headers={"api-key": AZURE_KEY})
+        assert (azure_fake.stats.errors, azure_fake.stats.requests) == (3, 0)
+        answer = await bearer_right.chat.completions.create(model="fake-gpt", messages=MESSAGES)
+        assert answer.model == "fake-gpt"
+    finally:
+        for sdk in (wrong, bearer_right, bearer_wrong):
+            await sdk.close()
+    # Azure routes read `api-key`; a right key as a bearer token does not count.
+    url = f"{azure_fake.base_url.removesuffix('/v1')}/openai/deployments/gpt4o-prod/embeddings"
+    headers = {"authorization": f"Bearer {AZURE_KEY}"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            url, params={"api-version": API_VERSION}, json={"input": "a"}, headers=headers
+        ) as resp,
+    ):
+        assert resp.status == 401
+        assert (await resp.json())["error"]["code"] == "invalid_api_key"
+    assert (azure_fake.stats.errors, azure_fake.stats.requests) == (4, 1)
+
+
+async def test_report_cost_puts_the_cost_on_every_usage_object() -> None:
+    server = FakeUpstream(report_cost=True)
+    await server.start()
+    sdk = openai.AsyncOpenAI(base_url=server.base_url, api_key="x", max_retries=0)
+    # A model routed the OpenRouter way: the answer and the stats keep the slash.
+    model, with_usage = "openai/gpt-4o-mini", ChatCompletionStreamOptionsParam(include_usage=True)
+    try:
+        chat = await sdk.chat.completions.create(model=model, messages=MESSAGES, max_tokens=7)
+        assert chat.model == model
+        assert reported_cost(chat.usage) == float(expected_cost(MESSAGES_PROMPT_TOKENS, 7))
+        stream = await sdk.chat.completions.create(
+            model=model, messages=MESSAGES, stream=True, stream_options=with_usage
+        )
+        last = [chunk async for chunk in stream][-1]
+        assert reported_cost(last.usage) == float(expected_cost(MESSAGES_PROMPT_TOKENS, 16))
+        text = await sdk.completions.create(
+            model=model, prompt="a b c", max_tokens=1, stream=True, stream_options=with_usage
+        )
+        assert reported_cost([chunk async for chunk in text][-1].usage) == float(
+            expected_cost(3, 1)
+        )
+        vectors = await sdk.embeddings.create(model="e", input=["a b", "c d e"])
+        assert reported_cost(vectors.usage) == float(expected_cost(5, 0))
+        response = await sdk.responses.create(model=model, input="one two three")
+        assert reported_cost(response.usage) == float(expected_cost(4, 16))
+        events = await sdk.responses.create(
+            model=model, input="one", stream=True, max_output_tokens=5
+        )
+        completed = [event async for event in events][-1]
+        assert completed.type == "response.completed"
+        assert reported_cost(completed.response.usage) == float(expected_cost(2, 5))
+        unbilled = await sdk.chat.completions.create(model=model, messages=MESSAGES, stream=True)
+        assert all([chunk.usage is None async for chunk in unbilled])
+    finally:
+        await sdk.close()
+        await server.stop()
+    total = sum(
+        (
+            expected_cost(MESSAGES_PROMPT_TOKENS, 7),
+            expected_cost(MESSAGES_PROMPT_TOKENS, 16),
+            expected_cost(3, 1),
+            expected_cost(5, 0),
+            expected_cost(4, 16),
+            expected_cost(2, 5),
+        ),
+        Decimal(0),
+    )
+    assert isinstance(server.stats.cost_reported, Decimal)
+    assert server.stats.cost_reported == total
+    assert server.stats.by_model[model].requests == 5
+
+
+async def test_reported_cost_is_the_exact_value_on_the_wire() -> None:
+    """The JSON number parses back to float(exact Decimal), not to a float computation."""
+    server = FakeUpstream(report_cost=True)
+    await server.start()
+    try:
+        prompt = 3 + 1  # "a b c" plus one message
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                server.base_url + "/chat/completions",
+                json={"model": "m", "messages": [{"role": "user", "content": "a b c"}],
+                      "max_tokens": 3},
+            ) as resp,
+        ):  # fmt: skip
+            cost = (await resp.json())["usage"]["cost"]
+    finally:
+        await server.stop()
+    exact = expected_cost(prompt, 3)
+    assert exact == Decimal("0.00001")
+    assert prompt * 1e-6 + 3 * 2e-6 != float(exact)  # float arithmetic would be off
+    assert cost == float(exact) and server.stats.cost_reported == exact
+
+
+async def test_fail_next_fails_one_fake_among_several(
+    fake: FakeUpstream, client: openai.AsyncOpenAI
+) -> None:
+    other = FakeUpstream()
+    await other.start()
+    other_sdk = openai.AsyncOpenAI(base_url=other.base_url, api_key="x", max_retries=0)
+    try:
+        fake.fail_next(429, 2, retry_after="7")
+        for _ in range(2):
+            with pytest.raises(openai.RateLimitError) as caught:
+                await client.chat.completions.create(model="fake-gpt", messages=MESSAGES)
+            assert caught.value.response.headers["retry-after"] == "7"
+            assert isinstance(caught.value.body, dict)
+            assert caught.value.body["type"] == "requests" and caught.value.body["message"]
+            assert caught.value.body["code"] == "rate_limit_exceeded"
+            await other_sdk.chat.completions.create(model="fake-gpt", messages=MESSAGES)
+        await client.chat.completions.create(model="fake-gpt", messages=MESSAGES)
+        fake.fail_next(503)
+        with pytest.raises(openai.InternalServerError) as unavailable:
+            await client.chat.completions.create(model="fake-gpt", messages=MESSAGES, stream=True)
+        assert unavailable.value.status_code == 503
+        await client.chat.completions.create(model="fake-gpt", messages=MESSAGES)
+    finally:
+        await other_sdk.close()
+        await other.stop()
+    stats = fake.stats
+    assert (stats.received, stats.errors, stats.requests, stats.unbilled) == (5, 3, 2, 0)
+    assert (other.stats.received, other.stats.errors, other.stats.requests) == (2, 0, 2)
+
+
+def test_fail_next_and_delay_headers_refuse_nonsense() -> None:
+    server = FakeUpstream()
+    with pytest.raises(ValueError):
+        server.fail_next(200)
+    with pytest.raises(ValueError):
+        server.fail_next(500, count=-1)
+    with pytest.raises(ValueError):
+        server.delay_headers(-1)
+
+
+async def seconds_to_headers(url: str) -> float:
+    """Time from sending a streamed chat request until its response headers arrived."""
+    body = {"model": "fake-gpt", "messages": MESSAGES, "stream": True}
+    async with aiohttp.ClientSession() as http:
+        started = time.monotonic()
+        async with http.post(url + "/chat/completions", json=body) as resp:
+            elapsed = time.monotonic() - started
+            assert resp.status == 200
+            await resp.read()
+    return elapsed
+
+
+async def test_delay_headers_holds_back_the_first_byte(fake: FakeUpstream) -> None:
+    fake.delay_headers(0.3)
+    assert await seconds_to_headers(fake.base_url) >= 0.3
+    fake.delay_headers(0)
+    assert await seconds_to_headers(fake.base_url) < 0.25
+    assert (fake.stats.received, fake.stats.unbilled) == (2, 2)  # streams without usage
+
+
+async def test_reset_forgets_pending_failures_and_delay(
+    fake: FakeUpstream, client: openai.AsyncOpenAI
+) -> None:
+    fake.fail_next(500, count=3)
+    fake.delay_headers(5)
+    fake.reset()
+    started = time.monotonic()
+    await client.chat.completions.create(model="fake-gpt", messages=MESSAGES)
+    assert time.monotonic() - started < 2
+    assert (fake.stats.requests, fake.stats.errors) == (1, 0)

@@ -9,12 +9,19 @@ or 16 visible words ("tok0 tok1 ...", one stream chunk each), plus the reasoning
 Knobs are request headers `x-fake-*` (see `_Knobs`); `GET /__fake__/stats` and
 `POST /__fake__/reset` show and zero the counters of what the fake billed.
 
-To play other providers: Azure OpenAI's `POST /openai/deployments/{deployment}/{endpoint}`
-(needs `?api-version=`; the model is the deployment's, from `deployments`), a required key
-(`require_key`: `api-key` on Azure routes, `Authorization: Bearer` elsewhere), and
-OpenRouter's `usage.cost` (`report_cost`). For fallback tests one fake among several can fail
-without header knobs (the gateway forwards headers to every upstream it tries):
-`fail_next(status, count)` and `delay_headers(seconds)`.
+To play other providers (several fakes can run at once, one per provider):
+- Azure OpenAI: `POST /openai/deployments/{deployment}/{endpoint}` for the four endpoints above,
+  and `POST /openai/responses` naming the deployment in `model` (what the SDK sends). Without
+  `?api-version=` they answer Azure's 404 `{"error": {"code": "404", ...}}`; a deployment not
+  in `deployments` (deployment -> model) answers 404 `DeploymentNotFound`; the answer names the
+  deployment's model.
+- `require_key`: a key other than it (`api-key` on Azure routes, `Authorization: Bearer` on /v1)
+  gets a 401 `invalid_api_key`.
+- OpenRouter: `report_cost` adds `"cost"` (USD, `COST_PER_PROMPT_TOKEN` * prompt +
+  `COST_PER_COMPLETION_TOKEN` * completion) to every usage object; `stats.cost_reported` sums it.
+For fallback tests one fake among several must fail without header knobs (the gateway forwards
+headers to every upstream it tries): `fail_next(status, count)` answers the next requests with
+an error, `delay_headers(seconds)` holds every answer's headers back. Errors are never billed.
 """
 
 from __future__ import annotations
@@ -52,7 +59,6 @@ _NOT_JSON = object()  # sentinel: the request body is not JSON
 # OpenRouter-style `usage.cost` (report_cost=True): USD per prompt and per completion token.
 COST_PER_PROMPT_TOKEN = Decimal("0.000001")
 COST_PER_COMPLETION_TOKEN = Decimal("0.000002")
-AZURE_ENDPOINTS = ("chat/completions", "completions", "embeddings")
 
 
 @dataclass(slots=True)
@@ -83,7 +89,7 @@ class FakeStats(ModelStats):
     by_model: dict[str, ModelStats] = field(default_factory=dict)
     errors: int = 0  # error responses sent
     unbilled: int = 0  # answers that ended without usage on the wire (reset, gone, no usage)
-    received: int = 0  # every request under /v1
+    received: int = 0  # every request to /v1 or an Azure route
     cost_reported: Decimal = Decimal(0)  # exact sum of the `usage.cost` sent (report_cost)
 
     def clear(self) -> None:
@@ -256,12 +262,12 @@ def _presented_key(request: web.Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
-def _azure_error(status: int, code: str, message: str) -> web.Response:
-    return web.Response(
-        body=orjson.dumps({"error": {"code": code, "message": message}}),
-        status=status,
-        content_type=_JSON,
-    )
+def _azure_deployment(request: web.Request, body: object) -> str | None:
+    """The deployment an Azure route names: in its path, or `model` (`/openai/responses`)."""
+    name = request.match_info.get("deployment")
+    if name is None and isinstance(body, dict):
+        name = body.get("model")
+    return name if isinstance(name, str) else None
 
 
 def _vector(dims: int) -> list[float]:
@@ -308,11 +314,15 @@ class FakeUpstream:
         self._models_body = orjson.dumps({"object": "list", "data": data})
 
     def fail_next(self, status: int, count: int = 1, retry_after: str = "1") -> None:
-        """Answer the next `count` requests with this error status (not billed)."""
+        """Answer the next `count` requests with an OpenAI error (a 429 with `retry_after`)."""
+        if not 400 <= status <= 599 or count < 0:
+            raise ValueError(f"fail_next needs a 4xx/5xx status and count >= 0, got {status}")
         self._failures.extend([(status, retry_after)] * count)
 
     def delay_headers(self, seconds: float) -> None:
-        """Wait this long before answering every request (0: answer at once again)."""
+        """Hold back the response headers of every request this long (0: answer at once)."""
+        if not seconds >= 0:
+            raise ValueError(f"delay_headers needs seconds >= 0, got {seconds}")
         self._header_delay = seconds
 
     @property
@@ -323,9 +333,11 @@ class FakeUpstream:
         return self._base_url
 
     def reset(self) -> None:
-        """Zero the stats and forget the recorded requests."""
+        """Zero the stats, forget the recorded requests, pending failures and header delay."""
         self.stats.clear()
         self.requests.clear()
+        self._failures.clear()
+        self._header_delay = 0.0
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen on host:port (0 = any free port) and return the base URL with "/v1"."""
@@ -339,12 +351,10 @@ class FakeUpstream:
             ("responses", self._responses),
         ]
         for path, build in routes:
-            app.router.add_post("/v1/" + path, partial(self._metered, build=build))
-        for path in AZURE_ENDPOINTS:
-            app.router.add_post(
-                "/openai/deployments/{deployment}/" + path,
-                partial(self._azure, build=dict(routes)[path]),
-            )
+            metered = partial(self._metered, build=build)
+            app.router.add_post("/v1/" + path, metered)
+            app.router.add_post("/openai/deployments/{deployment}/" + path, metered)
+        app.router.add_post("/openai/responses", partial(self._metered, build=self._responses))
         app.router.add_get("/__fake__/stats", self._stats_endpoint)
         app.router.add_post("/__fake__/reset", self._reset_endpoint)
         app.router.add_route("*", "/v1/{tail:.*}", self._plain)
@@ -377,16 +387,39 @@ class FakeUpstream:
         if per_model.requests == 0:  # a billing taken back
             del self.stats.by_model[model]
 
-    def _error(self, status: int, message: str, retry_after: str = "1") -> web.Response:
+    def _error(
+        self, status: int, message: str, retry_after: str = "1", code: str | None = None
+    ) -> web.Response:
+        """An OpenAI error body (a 429 carries `retry-after`), counted in `stats.errors`."""
+        if status == 429:
+            code = "rate_limit_exceeded"
+        kind = "invalid_request_error" if code == "invalid_api_key" else _error_type(status)
+        error = {"message": message, "type": kind, "code": code, "param": None}
+        headers = {"retry-after": retry_after} if status == 429 else None
+        return self._json_error(status, {"error": error}, headers)
+
+    def _json_error(
+        self, status: int, payload: object, headers: dict[str, str] | None = None
+    ) -> web.Response:
         self.stats.errors += 1
-        code = "rate_limit_exceeded" if status == 429 else None
-        error = {"message": message, "type": _error_type(status), "code": code, "param": None}
-        return web.Response(
-            body=orjson.dumps({"error": error}),
-            status=status,
-            content_type=_JSON,
-            headers={"retry-after": retry_after} if status == 429 else None,
-        )
+        body = orjson.dumps(payload)
+        return web.Response(body=body, status=status, content_type=_JSON, headers=headers)
+
+    def _refusal(self, request: web.Request, body: object) -> web.Response | None:
+        """Azure's 404s (no api-version, unknown deployment) and the 401 of a wrong key."""
+        azure = request.path.startswith("/openai/")
+        if azure and "api-version" not in request.query:
+            return self._json_error(
+                404, {"error": {"code": "404", "message": "Resource not found"}}
+            )
+        if self.require_key is not None and _presented_key(request) != self.require_key:
+            return self._error(401, "Incorrect API key provided.", code="invalid_api_key")
+        if azure and _azure_deployment(request, body) not in self.deployments:
+            message = "The API deployment for this resource does not exist."
+            return self._json_error(
+                404, {"error": {"code": "DeploymentNotFound", "message": message}}
+            )
+        return None
 
     def _knobs(self, headers: CIMultiDictProxy[str]) -> _Knobs:
         def num(name: str, default: float = 0) -> int:
@@ -422,16 +455,14 @@ class FakeUpstream:
         self.requests.append(
             RecordedRequest(request.method, request.path, request.query_string, lowered, recorded)
         )
+        refusal = self._refusal(request, body)
+        if refusal is not None:
+            return refusal
         try:
             knobs = self._knobs(headers)
         except _BadRequest as exc:
             return self._error(400, str(exc))
-        if self.require_key is not None and _presented_key(request) != self.require_key:
-            self.stats.errors += 1
-            error = {"message": "Incorrect API key provided.", "type": "invalid_request_error",
-                     "code": "invalid_api_key", "param": None}  # fmt: skip
-            return web.Response(body=orjson.dumps({"error": error}), status=401, content_type=_JSON)
-        if self._header_delay > 0:
+        if self._header_delay > 0:  # failures too are late: a slow first byte
             await asyncio.sleep(self._header_delay)
         if self._failures:
             status, retry_after = self._failures.popleft()
@@ -443,24 +474,8 @@ class FakeUpstream:
             return self._error(knobs.status, message, knobs.retry_after)
         return body, knobs
 
-    async def _azure(
-        self, request: web.Request, build: Callable[[_Call], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        """Azure OpenAI's deployment routes: api-version required, the model from the deployment."""
-        if "api-version" not in request.query:
-            return _azure_error(404, "404", "Resource not found")
-        model = self.deployments.get(request.match_info["deployment"])
-        if model is None:
-            return _azure_error(
-                404, "DeploymentNotFound", "The API deployment for this resource does not exist."
-            )
-        return await self._metered(request, build, model)
-
     async def _metered(
-        self,
-        request: web.Request,
-        build: Callable[[_Call], Awaitable[web.StreamResponse]],
-        deployment_model: str | None = None,
+        self, request: web.Request, build: Callable[[_Call], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         """Common path of the metered endpoints (a plain request may be reset right away)."""
         begun = await self._begin(request)
@@ -472,7 +487,9 @@ class FakeUpstream:
                 raise _BadRequest("We could not parse the JSON body of your request.")
             if not isinstance(body, dict):
                 raise _BadRequest("The request body must be a JSON object.")
-            model = deployment_model or body.get("model")
+            model = body.get("model")
+            if request.path.startswith("/openai/"):  # Azure: the deployment's model
+                model = self.deployments[_azure_deployment(request, body) or ""]
             if not isinstance(model, str) or not model:
                 raise _BadRequest("You must provide a model parameter.")
             if knobs.served_model is not None:
