@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
 from tests.faults import CuttableProxy
+from tests.services import wipe_database
 from tests.support import assert_openai_error
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -26,6 +27,13 @@ def metric(text: str, name: str, **labels: str) -> float:
     )
 
 
+async def scratch_database(server_databases) -> str:
+    """The session's PostgreSQL scratch database, emptied for this test."""
+    database_url = await server_databases.url_for("postgresql")
+    await wipe_database(database_url)
+    return database_url
+
+
 async def wait_until(condition, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not await condition():
@@ -36,7 +44,7 @@ async def wait_until(condition, timeout: float = 30) -> None:
 async def test_requests_flow_and_events_wait_while_the_database_is_away(
     make_gateway, server_databases, upstream
 ):
-    url = make_url(await server_databases.url_for("postgresql"))
+    url = make_url(await scratch_database(server_databases))
     proxy = CuttableProxy(url.host or "127.0.0.1", url.port or 5432)
     await proxy.start()
     through_proxy = url.set(host="127.0.0.1", port=proxy.port)
@@ -92,3 +100,86 @@ async def test_requests_flow_and_events_wait_while_the_database_is_away(
             assert health.status_code == 200, health.text
     finally:
         await proxy.stop()
+
+
+async def test_past_the_queue_bound_events_go_to_the_journal_and_come_back(
+    make_gateway, server_databases, upstream, tmp_path
+):
+    url = make_url(await scratch_database(server_databases))
+    proxy = CuttableProxy(url.host or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    database_url = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    journal = tmp_path / "journal"
+    try:
+        async with make_gateway(
+            database_url=database_url, write_queue_max=5, journal_dir=journal
+        ) as gateway:
+            client = gateway.client(await gateway.new_key("quinn"))
+            await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+            await gateway.flush()
+            http = gateway.http()
+            await proxy.cut()
+            try:
+                for _ in range(12):
+                    await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+                text = (await http.get("/metrics")).text
+                # in memory: 5 queued plus the batch being retried; the rest in the journal
+                in_memory = metric(text, "spendgate_write_queue_depth")
+                journaled = metric(text, "spendgate_usage_events_journaled_total")
+                assert in_memory >= 5 and journaled >= 1 and in_memory + journaled == 12
+                assert metric(text, "spendgate_journal_events") == journaled
+                assert metric(text, "spendgate_usage_events_dropped_total") == 0
+                assert (await http.get("/health")).json()["journal"] == journaled
+            finally:
+                proxy.restore()
+            await gateway.flush()
+
+            async def replayed() -> bool:
+                return (await http.get("/health")).json()["journal"] == 0
+
+            await wait_until(replayed)
+            async with gateway.admin() as admin:
+                csv_rows = (await admin.get("/admin/usage.csv")).text.strip().splitlines()
+                assert len(csv_rows) == 14  # header + one row per request
+                assert (await admin.get("/admin/usage")).json()["totals"]["requests"] == 13
+            assert not list(journal.iterdir())
+    finally:
+        await proxy.stop()
+    assert upstream.stats.requests == 13
+
+
+async def test_stopping_while_the_database_is_away_keeps_the_queue_in_the_journal(
+    make_gateway, server_databases, upstream, tmp_path
+):
+    url = make_url(await scratch_database(server_databases))
+    proxy = CuttableProxy(url.host or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    database_url = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    journal = tmp_path / "journal"
+    settings = {"database_url": database_url, "journal_dir": journal, "shutdown_write_seconds": 0.5}
+    try:
+        async with make_gateway(**settings) as gateway:
+            client = gateway.client(await gateway.new_key("rosa"))
+            await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+            await gateway.flush()
+            await proxy.cut()
+            for _ in range(4):
+                await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+            started = time.monotonic()
+        assert time.monotonic() - started < 15  # stopped without waiting for the database
+        (kept,) = journal.iterdir()
+        assert len(kept.read_bytes().splitlines()) == 4
+        proxy.restore()
+        async with make_gateway(**settings) as gateway:  # the next start replays it
+            await gateway.flush()
+
+            async def replayed() -> bool:
+                async with gateway.admin() as admin:
+                    report = (await admin.get("/admin/usage")).json()
+                return report["totals"]["requests"] == 5
+
+            await wait_until(replayed)
+            assert not list(journal.iterdir())
+    finally:
+        await proxy.stop()
+    assert upstream.stats.requests == 5

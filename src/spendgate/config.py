@@ -422,6 +422,19 @@ class Settings(BaseSettings):
         validation_alias=_env("SPENDGATE_WRITE_QUEUE_MAX"),
         description="Usage events held in memory while the database is slow or down.",
     )
+    journal_dir: Path | None = Field(
+        None,
+        validation_alias=_env("SPENDGATE_JOURNAL_DIR"),
+        description="Directory of the journal: usage events kept on disk while the database "
+        "cannot take them; none: the SQLite file's directory, else ./data.",
+    )
+    shutdown_write_seconds: float = Field(
+        10.0,
+        gt=0,
+        validation_alias=_env("SPENDGATE_SHUTDOWN_WRITE_SECONDS"),
+        description="At shutdown, how long to keep writing queued events before the rest go "
+        "to the journal.",
+    )
     principal_refresh_seconds: float = Field(
         0.5,
         gt=0,

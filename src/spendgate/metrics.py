@@ -49,6 +49,10 @@ METRIC_DOCS = {
         "Usage events in ledger writes that failed and were retried (counted per attempt)."
     ),
     "spendgate_write_queue_depth": "Usage events waiting to be written.",
+    "spendgate_usage_events_journaled_total": (
+        "Usage events put in the local journal (queue full or unwritten at shutdown)."
+    ),
+    "spendgate_journal_events": "Usage events in this process's journal, waiting to be written.",
     "spendgate_ledger_flush_seconds": "Duration of each batched ledger write (one transaction).",
     "spendgate_stream_drains_active": "Abandoned streams being drained for their usage.",
     "spendgate_reservations_open": "Budget and credit reservations held by requests in progress.",
@@ -115,6 +119,8 @@ class RuntimeState:
     drains_active: int = 0
     events_dropped: int = 0
     events_retried: int = 0
+    events_journaled: int = 0
+    journal_pending: int = 0
     reservations_open: int = 0
     reserved_pico: int = 0
     settlements_pending: int = 0
@@ -325,6 +331,8 @@ class _Collector(Collector):
         yield _counter("spendgate_usage_events_written", (), {(): m.events_written})
         yield _counter("spendgate_usage_events_retried", (), {(): state.events_retried})
         yield _gauge("spendgate_write_queue_depth", state.queue_depth)
+        yield _counter("spendgate_usage_events_journaled", (), {(): state.events_journaled})
+        yield _gauge("spendgate_journal_events", state.journal_pending)
         yield _gauge("spendgate_stream_drains_active", state.drains_active)
         yield _gauge("spendgate_reservations_open", state.reservations_open)
         yield _gauge("spendgate_reserved_usd", state.reserved_pico / _PICO)

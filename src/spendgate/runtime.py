@@ -3,8 +3,10 @@
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from sqlalchemy.engine import make_url
 
 from spendgate.alerts import AlertMonitor
 from spendgate.config import ConfigError, Settings
@@ -14,6 +16,7 @@ from spendgate.keys.principals import PrincipalCache
 from spendgate.ledger.alerts import AlertStore
 from spendgate.ledger.engine import create_engine, normalize_database_url, upgrade
 from spendgate.ledger.events import UsageEvent
+from spendgate.ledger.journal import Journal
 from spendgate.ledger.store import AccountDefaults, Store
 from spendgate.ledger.tracking import TrackingTokenStore
 from spendgate.ledger.writer import LedgerWriter
@@ -62,6 +65,7 @@ class Runtime:
             max_queue=settings.write_queue_max,
             on_written=self.events_written,
             on_flushed=self.metrics.flushed,
+            journal=Journal(journal_dir(settings, database_url)),
         )
         self.redis = open_redis(settings) if settings.redis_url else None
         self.key_changes = (
@@ -140,7 +144,7 @@ class Runtime:
         """Finish drains, write every queued event, close pools. Loses nothing."""
         await self.alerts.stop()
         await self.drains.wait()
-        await self.writer.stop()
+        await self.writer.stop(write_seconds=self.settings.shutdown_write_seconds)
         for export in self.exports:
             await export.stop()
         if self.request_log is not None:
@@ -168,6 +172,8 @@ class Runtime:
             drains_active=self.drains.active,
             events_dropped=self.writer.dropped,
             events_retried=self.writer.events_retried,
+            events_journaled=self.writer.journaled,
+            journal_pending=self.writer.journal_pending,
             reservations_open=self.limits.reservations_open,
             reserved_pico=self.limits.reserved_pico,
             settlements_pending=self.guard.backlog if self.guard is not None else 0,
@@ -185,6 +191,16 @@ class Runtime:
 
     def _keys_changed(self) -> None:
         self.principals.invalidate()
+
+
+def journal_dir(settings: Settings, database_url: str) -> Path:
+    """Where the journal lives: the setting, else beside the SQLite file, else ./data."""
+    if settings.journal_dir is not None:
+        return settings.journal_dir
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        return Path(url.database).parent
+    return Path("data")
 
 
 def upstream_targets(settings: Settings) -> list[UpstreamTarget]:

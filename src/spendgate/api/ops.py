@@ -32,6 +32,7 @@ async def health(runtime: RuntimeDep) -> JSONResponse:
         "redis": redis,
         "write_queue": writer.queue_depth,
         "writer_last_error": writer.last_error,
+        "journal": writer.journal_pending,
     }
     if runtime.guard is not None:
         body["limits_backlog"] = runtime.guard.backlog

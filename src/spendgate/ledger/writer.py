@@ -26,6 +26,7 @@ from sqlalchemy.sql.dml import Insert
 
 from spendgate.ledger.bulk import InsertCache, Processor
 from spendgate.ledger.events import UsageEvent
+from spendgate.ledger.journal import Journal
 from spendgate.ledger.schema import (
     ROLLUP_KEY,
     ROLLUP_SUMS,
@@ -36,6 +37,7 @@ from spendgate.ledger.schema import (
     UsageEventRow,
     UTCDateTime,
 )
+from spendgate.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,7 @@ class LedgerWriter:
         max_queue: int = 100_000,
         on_written: OnWritten | None = None,
         on_flushed: OnFlushed | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self._engine = engine
         self._statements = Statements()
@@ -74,6 +77,9 @@ class LedgerWriter:
         self._max_queue = max_queue
         self._on_written = on_written
         self._on_flushed = on_flushed
+        self._journal = journal
+        self._current: list[UsageEvent] = []  # the batch being written
+        self._journaled = 0
         self._queue: deque[UsageEvent] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -112,6 +118,16 @@ class LedgerWriter:
         return self._retries
 
     @property
+    def journaled(self) -> int:
+        """Events put in the journal (queue full, or unwritten at shutdown)."""
+        return self._journaled
+
+    @property
+    def journal_pending(self) -> int:
+        """Events in this process's journal file, waiting to be replayed."""
+        return self._journal.pending if self._journal is not None else 0
+
+    @property
     def events_retried(self) -> int:
         """Events in failed batch writes, counted once per failed attempt."""
         return self._events_retried
@@ -136,7 +152,7 @@ class LedgerWriter:
         """Queue one event for writing; never blocks (a full queue drops and counts it)."""
         queue = self._queue
         if self._closed or len(queue) >= self._max_queue:
-            self._dropped += 1
+            self._spill([event])
             return
         queue.append(event)
         self._accepted += 1
@@ -155,27 +171,77 @@ class LedgerWriter:
         self._wakeup.set()
         await waiter
 
-    async def stop(self) -> None:
-        """Write everything queued, then end the task (cancelling stop() cancels the task)."""
+    async def stop(self, write_seconds: float | None = None) -> None:
+        """Write everything queued, then end the task (cancelling stop() cancels the task).
+
+        With a journal, what is not written within `write_seconds` (the database is down)
+        goes to the journal instead, to be written at the next start.
+        """
         self._stopping = True
         self._wakeup.set()
         if self._task is None and self._queue:
             self.start()
-        if self._task is not None:
-            await self._task
+        task = self._task
+        if task is not None:
+            if self._journal is None or write_seconds is None:
+                await task
+            else:
+                try:
+                    async with asyncio.timeout(write_seconds):
+                        await asyncio.shield(task)
+                except TimeoutError:
+                    await cancel_and_wait(task)
+                    left = [*self._current, *self._queue]
+                    self._queue.clear()
+                    self._current = []
+                    self._spill(left)
+                    self._done = self._accepted
+                    self._resolve_waiters()
         self._closed = True
 
+    def _spill(self, events: list[UsageEvent]) -> None:
+        """Put events in the journal, or count them dropped without one."""
+        if self._journal is not None and events:
+            try:
+                self._journaled += self._journal.append(events)
+                return
+            except OSError as error:
+                logger.error("cannot write the journal %s: %s", self._journal.path, error)
+        self._dropped += len(events)
+
     async def _run(self) -> None:
+        await self._replay_journal()
         while batch := await self._next_batch():
+            self._current = batch
             inserted = await self._write_until_done(batch)
+            self._current = []
             self._done += len(batch)
             self._written += len(inserted)
             self._resolve_waiters()
-            if inserted and self._on_written is not None:
-                try:
-                    self._on_written(inserted)
-                except Exception:  # a listener's bug must not stop the ledger
-                    logger.exception("ledger on_written callback failed")
+            self._tell(inserted)
+            if self._journal is not None and self._journal.pending:
+                await self._replay_journal()
+
+    def _tell(self, inserted: list[UsageEvent]) -> None:
+        if inserted and self._on_written is not None:
+            try:
+                self._on_written(inserted)
+            except Exception:  # a listener's bug must not stop the ledger
+                logger.exception("ledger on_written callback failed")
+
+    async def _replay_journal(self) -> None:
+        """Write the events of this process's journal and of processes that are gone."""
+        if self._journal is None:
+            return
+        for path in self._journal.claim():
+            replayed = 0
+            for batch in Journal.batches(path, self._max_batch):
+                inserted = await self._write_until_done(batch, known_new=False)
+                self._written += len(inserted)
+                replayed += len(batch)
+                self._tell(inserted)
+            Journal.done(path)
+            logger.info("replayed %d journaled events from %s", replayed, path.name)
 
     async def _next_batch(self) -> list[UsageEvent]:
         """Wait for events, then gather until the interval or the batch size is reached."""
@@ -197,12 +263,15 @@ class LedgerWriter:
                     await self._wakeup.wait()
         return [queue.popleft() for _ in range(min(len(queue), self._max_batch))]
 
-    async def _write_until_done(self, batch: list[UsageEvent]) -> list[UsageEvent]:
+    async def _write_until_done(
+        self, batch: list[UsageEvent], *, known_new: bool | None = None
+    ) -> list[UsageEvent]:
         delay = _FIRST_BACKOFF
         # This process's proxy events carry ids it made itself: on a first attempt none can
         # be in the ledger yet, so the look-up is skipped (a clash would fail the INSERT on
         # the unique index, and the retry looks).
-        known_new = all(event.source == "proxy" for event in batch)
+        if known_new is None:
+            known_new = all(event.source == "proxy" for event in batch)
         while True:
             started = time.perf_counter()
             try:
