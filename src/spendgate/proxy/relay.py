@@ -144,7 +144,7 @@ class ProxyApp:
             sent_at = time.perf_counter()
             try:
                 response = await self._upstream.send(
-                    target, prepared.method, url, heads.forward + list(target.auth_headers),
+                    target, prepared.method, url, [*heads.forward, *target.auth_headers],
                     _body_for(target.model_map, prepared),
                 )  # fmt: skip
             except GatewayError as exc:

@@ -45,7 +45,7 @@ class UpstreamTarget:
 
     name: str
     base_url: str
-    api_key: str | None
+    api_key: str | None = field(repr=False)  # never in a repr, so never in a log line
     api_version: str | None = None
     kind: UpstreamKind = "openai"
     headers: tuple[tuple[str, str], ...] = ()  # extra headers (OpenRouter's HTTP-Referer, …)
@@ -56,15 +56,19 @@ class UpstreamTarget:
     weight: int = 1
     timeout: float | None = None  # seconds to the response headers; None: the default
     connect_timeout: float | None = None
+    # The credentials the upstream receives instead of the client's, and extra headers:
+    # built once here, not per request.
+    auth_headers: tuple[tuple[str, str], ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "auth_headers", self._auth_headers())
 
     @property
     def provider(self) -> str | None:
         """The genai-prices provider id of this upstream's kind."""
         return PROVIDERS[self.kind]
 
-    @property
-    def auth_headers(self) -> tuple[tuple[str, str], ...]:
-        """The credentials the upstream receives instead of the client's, and extra headers."""
+    def _auth_headers(self) -> tuple[tuple[str, str], ...]:
         if not self.api_key:
             return self.headers
         if self.kind == "azure":
