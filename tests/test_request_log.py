@@ -4,10 +4,12 @@ A real `spendgate serve` process with SPENDGATE_LOG_PATH and a small rotation si
 are compared with the ledger's CSV export row by row, and searched for every secret.
 """
 
+import asyncio
 import contextlib
 import json
 import signal
 import sqlite3
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from tests.support import ADMIN_TOKEN
 
 UPSTREAM_KEY = "sk-upstream-never-logged-5d1f"
 PROMPT = "the secret prompt text 7f3a9c"
-MAX_BYTES = 4096
+MAX_BYTES = 1024  # the minimum the setting allows
 
 
 def request_lines(text: str) -> list[dict]:
@@ -67,6 +69,12 @@ async def test_one_json_line_per_request_on_stderr_and_in_the_rotated_file(
             try:
                 for _ in range(20):
                     await sdk.chat.completions.create(model="gpt-4o-mini", messages=messages)
+                # A batch written to an empty file never rotates it: wait for the first batch,
+                # so the next one finds the file past its size and rotates.
+                deadline = time.monotonic() + 30
+                while not request_lines(_read(log_path)):
+                    assert time.monotonic() < deadline, "no request line in the log file"
+                    await asyncio.sleep(0.05)
                 stream = await sdk.chat.completions.create(
                     model="gpt-4o-mini", messages=messages, stream=True
                 )
@@ -123,6 +131,10 @@ async def test_one_json_line_per_request_on_stderr_and_in_the_rotated_file(
     everything = printed + "".join(path.read_text(encoding="utf-8") for path in files)
     for secret in (key, UPSTREAM_KEY, ADMIN_TOKEN, PROMPT):
         assert secret not in everything
+
+
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8") if path.exists() else ""
 
 
 def ledger_rows(path: Path) -> dict[str, dict[str, str]]:

@@ -7,6 +7,7 @@ what and how much — never a key (only its display form), a prompt or a complet
 """
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from decimal import Decimal
@@ -49,6 +50,7 @@ class RequestLog:
         self._max_pending = max_pending
         self._pending: list[bytes] = []
         self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
         self.dropped = 0  # lines not written because too many were waiting
 
     def add(self, event: UsageEvent) -> None:
@@ -67,18 +69,26 @@ class RequestLog:
 
     async def stop(self) -> None:
         """Write what is waiting and end the task (giving up after a few seconds if the
-        log's reader has stopped reading, so shutdown cannot hang on a full pipe)."""
-        await cancel_and_wait(self._task)
-        self._task = None
+        log's reader has stopped reading, so shutdown cannot hang on a full pipe).
+
+        The task is never cancelled in the middle of a write: it finishes the one under way,
+        writes the last lines and ends.
+        """
+        self._stop.set()
+        task, self._task = self._task, None
+        if task is None:
+            return
         try:
             async with asyncio.timeout(_STOP_SECONDS):
-                await self._write()
+                await asyncio.shield(task)
         except TimeoutError:
-            pass
+            await cancel_and_wait(task)
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self._stop.wait()
             await self._write()
 
     async def _write(self) -> None:
