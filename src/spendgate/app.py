@@ -77,6 +77,7 @@ class SpendgateApp:
             max_body_bytes=settings.max_body_bytes,
             key_in_path=settings.key_in_path,
             drain_on_disconnect=settings.on_disconnect == "drain",
+            stream_max_seconds=settings.stream_max_seconds,
         )
         self.api = build_api(runtime)
         self._key_in_path = settings.key_in_path

@@ -409,6 +409,26 @@ class Settings(BaseSettings):
         validation_alias=_env("SPENDGATE_MAX_BODY_BYTES"),
         description="Largest request body accepted (413 beyond).",
     )
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=4096,
+        validation_alias=_env("SPENDGATE_MAX_HEADER_BYTES"),
+        description="Largest request head (request line and headers) accepted (431 beyond).",
+    )
+    request_read_seconds: float = Field(
+        60.0,
+        gt=0,
+        validation_alias=_env("SPENDGATE_REQUEST_READ_SECONDS"),
+        description="Longest time a client may take to send a whole request, head and body "
+        "(408 beyond: slow clients cannot hold connections open).",
+    )
+    stream_max_seconds: float = Field(
+        3600.0,
+        gt=0,
+        validation_alias=_env("SPENDGATE_STREAM_MAX_SECONDS"),
+        description="Longest an upstream stream is relayed or drained; it is then closed and "
+        "recorded as estimated (upstream_timeout).",
+    )
     flush_interval_ms: int = Field(
         100,
         gt=0,

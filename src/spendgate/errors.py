@@ -10,7 +10,9 @@
     ├── Forbidden               403 forbidden         (not allowed for this caller)
     ├── NotFound                404 not_found
     ├── Conflict                409 conflict
+    ├── RequestTimeout          408 request_timeout   (the request took too long to arrive)
     ├── RequestTooLarge         413 request_too_large
+    ├── RequestHeadTooLarge     431 request_header_too_large
     ├── RateLimitExceeded       429 rate_limit_exceeded  (+ Retry-After, x-ratelimit-*)
     ├── UpstreamUnavailable     502 upstream_unavailable
     ├── LimitsUnavailable       503 limits_unavailable   (Redis down, limits set to fail_closed)
@@ -115,9 +117,21 @@ class Conflict(GatewayError):
     type = "invalid_request_error"
 
 
+class RequestTimeout(GatewayError):
+    status = 408
+    code = "request_timeout"
+    type = "invalid_request_error"
+
+
 class RequestTooLarge(GatewayError):
     status = 413
     code = "request_too_large"
+    type = "invalid_request_error"
+
+
+class RequestHeadTooLarge(GatewayError):
+    status = 431
+    code = "request_header_too_large"
     type = "invalid_request_error"
 
 

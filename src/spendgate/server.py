@@ -30,7 +30,7 @@ from uvicorn.config import STARTUP_FAILURE
 from spendgate.app import SpendgateApp, create_app
 from spendgate.config import ConfigError, Settings
 from spendgate.ledger.engine import upgrade_sync
-from spendgate.server_transport import CoalescingHttpToolsProtocol
+from spendgate.server_protocol import limited_protocol
 from spendgate.tasks import cancel_and_wait
 
 log = logging.getLogger("spendgate")
@@ -50,7 +50,7 @@ def uvicorn_config(app: SpendgateApp, host: str, port: int) -> uvicorn.Config:
         host=host,
         port=port,
         loop="uvloop",
-        http=CoalescingHttpToolsProtocol,
+        http=limited_protocol(app.settings.request_read_seconds, app.settings.max_header_bytes),
         lifespan="on",
         access_log=False,
         log_level="warning",

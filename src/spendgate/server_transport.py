@@ -1,4 +1,4 @@
-"""One socket write per response: uvicorn's httptools protocol over a coalescing transport.
+"""One socket write per response: a transport that coalesces a response head with its body.
 
 uvicorn writes the response head as soon as the app sends `http.response.start`, and the
 body with the next message, so a plain JSON answer costs two `send` system calls and two
@@ -10,8 +10,6 @@ they come.
 
 import asyncio
 from typing import Any
-
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
 class CoalescingTransport(asyncio.Transport):
@@ -94,10 +92,3 @@ class CoalescingTransport(asyncio.Transport):
     def write_eof(self) -> None:
         self._flush()
         self._transport.write_eof()
-
-
-class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, writing through a `CoalescingTransport`."""
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(CoalescingTransport(transport, self.loop))

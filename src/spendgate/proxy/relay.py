@@ -20,7 +20,13 @@ from typing import Any
 import aiohttp
 import orjson
 
-from spendgate.errors import GatewayError, InvalidRequest, RequestTooLarge, UpstreamUnavailable
+from spendgate.errors import (
+    GatewayError,
+    InvalidRequest,
+    RequestTooLarge,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from spendgate.keys.principals import Principal, PrincipalCache
 from spendgate.limits.admission import Admission, Admitted
 from spendgate.metering.extract import read_usage
@@ -72,6 +78,7 @@ class ProxyApp:
         max_body_bytes: int,
         key_in_path: bool,
         drain_on_disconnect: bool,
+        stream_max_seconds: float,
     ) -> None:
         self._principals = principals
         self._admission = admission
@@ -87,6 +94,7 @@ class ProxyApp:
         self._max_body = max_body_bytes
         self._key_in_path = key_in_path
         self._drain_on_disconnect = drain_on_disconnect
+        self._stream_max = stream_max_seconds
         self._paths: dict[bytes, ProxyPath] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -269,6 +277,10 @@ class ProxyApp:
         # The request body is fully read, so the next receive() only returns on disconnect.
         disconnected = asyncio.ensure_future(receive())
         content = response.content
+        # A stream that never ends is cut here. Chunks come at least every read timeout
+        # (else aiohttp raises), so checking the clock per chunk bounds the stream's time.
+        deadline = call.started + self._stream_max
+        outcome_error = None
         try:
             while True:
                 chunk = await content.readany()
@@ -276,13 +288,16 @@ class ProxyApp:
                     break
                 out = scanner.feed(chunk)
                 if disconnected.done():
-                    await self._abandon(call, scanner)
+                    await self._abandon(call, scanner, deadline)
                     return
+                now = time.perf_counter()
                 if out:
                     if call.first_token_seconds is None:
-                        call.first_token_seconds = time.perf_counter() - call.started
+                        call.first_token_seconds = now - call.started
                     await send({"type": "http.response.body", "body": out, "more_body": True})
-            outcome_error = None
+                if now > deadline:
+                    outcome_error = _stream_cut(call)
+                    break
         except (aiohttp.ClientError, TimeoutError):
             response.close()
             outcome_error = "upstream_broken"
@@ -294,12 +309,12 @@ class ProxyApp:
         response.release()
         await self._finish_call(call, _stream_outcome(response.status, scanner, outcome_error))
 
-    async def _abandon(self, call: "_Call", scanner: SSEUsageScanner) -> None:
+    async def _abandon(self, call: "_Call", scanner: SSEUsageScanner, deadline: float) -> None:
         """The client left mid-stream: drain the upstream for its usage, or abort."""
         if (
             scanner.usage is None
             and self._drain_on_disconnect
-            and self._drains.try_start(self._drain(call, scanner))
+            and self._drains.try_start(self._drain(call, scanner, deadline))
         ):
             return
         call.response.close()
@@ -307,7 +322,7 @@ class ProxyApp:
             call, _stream_outcome(call.response.status, scanner, "client_disconnected")
         )
 
-    async def _drain(self, call: "_Call", scanner: SSEUsageScanner) -> None:
+    async def _drain(self, call: "_Call", scanner: SSEUsageScanner, deadline: float) -> None:
         content = call.response.content
         error = "client_disconnected"
         try:
@@ -316,6 +331,9 @@ class ProxyApp:
                 if not chunk:
                     break
                 scanner.feed(chunk)
+                if time.perf_counter() > deadline:
+                    error = _stream_cut(call)
+                    break
             scanner.finish()
         except (aiohttp.ClientError, TimeoutError):
             error = "upstream_broken"
@@ -382,6 +400,13 @@ def _stream_outcome(status: int, scanner: SSEUsageScanner, error: str | None) ->
         completion_text=scanner.completion_text() if usage is None else "",
         error_code=error if usage is None else None,
     )
+
+
+def _stream_cut(call: "_Call") -> str:
+    """End a stream that ran past `SPENDGATE_STREAM_MAX_SECONDS`: the error code to record."""
+    call.response.close()
+    log.warning("%s: stream cut after the longest stream time", call.request_id)
+    return UpstreamTimeout.code
 
 
 def _body_for(model_map: Any, prepared: PreparedRequest) -> bytes:
