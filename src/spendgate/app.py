@@ -5,6 +5,7 @@ proxy too); without, there is no middleware at all.
 """
 
 import logging
+import math
 from typing import Any
 
 from starlette.middleware.cors import CORSMiddleware
@@ -12,12 +13,14 @@ from starlette.types import ASGIApp
 
 from spendgate.api.routes import build_api
 from spendgate.config import Settings
+from spendgate.errors import RateLimitExceeded
 from spendgate.proxy.paths import is_proxy_path
-from spendgate.proxy.relay import ProxyApp, Receive, Scope, Send
+from spendgate.proxy.relay import ProxyApp, Receive, Scope, Send, send_error
 from spendgate.runtime import Runtime
 
 log = logging.getLogger("spendgate")
 
+_NEVER_THROTTLED = frozenset({"/health", "/metrics"})
 CORS_METHODS = ("GET", "POST", "PATCH", "DELETE", "OPTIONS")
 # What clients send: gateway keys (three ways), end users, admin and ingest credentials, and
 # the headers OpenAI's own SDKs add to every request (a browser preflights all of them).
@@ -78,9 +81,11 @@ class SpendgateApp:
             key_in_path=settings.key_in_path,
             drain_on_disconnect=settings.on_disconnect == "drain",
             stream_max_seconds=settings.stream_max_seconds,
+            auth_throttle=runtime.auth_throttle,
         )
         self.api = build_api(runtime)
         self._key_in_path = settings.key_in_path
+        self._throttle = runtime.auth_throttle
         # Without origins no middleware at all: the hot path pays nothing for CORS.
         self._entry: ASGIApp = (
             cors(self.route, settings.cors_origins) if settings.cors_origins else self.route
@@ -92,12 +97,30 @@ class SpendgateApp:
     async def route(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Send `/v1/*` to the proxy, the lifespan to the runtime, the rest to FastAPI."""
         kind = scope["type"]
+        if self._throttle.blocking and kind == "http" and await self._refused(scope, send):
+            return
         if kind == "http" and is_proxy_path(scope["path"], self._key_in_path):
             await self.proxy(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         else:
             await self.api(scope, receive, send)
+
+    async def _refused(self, scope: Scope, send: Send) -> bool:
+        """Refuse a request from an address blocked for failed sign-ins (not /health, /metrics)."""
+        if scope["path"] in _NEVER_THROTTLED:
+            return False
+        wait = self._throttle.retry_after(scope)
+        if wait is None:
+            return False
+        retry = str(math.ceil(wait)).encode()
+        error = RateLimitExceeded(
+            "Too many failed authentication attempts from this address; "
+            f"try again in {retry.decode()} s.",
+            headers=[(b"retry-after", retry)],
+        )
+        await send_error(send, error)
+        return True
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -422,6 +422,13 @@ class Settings(BaseSettings):
         description="Longest time a client may take to send a whole request, head and body "
         "(408 beyond: slow clients cannot hold connections open).",
     )
+    auth_failures_per_minute: int = Field(
+        60,
+        ge=0,
+        validation_alias=_env("SPENDGATE_AUTH_FAILURES_PER_MINUTE"),
+        description="Failed authentications allowed per client address and minute; past them "
+        "the address is refused (429) until it is back under the rate. 0: no throttling.",
+    )
     stream_max_seconds: float = Field(
         3600.0,
         gt=0,

@@ -19,6 +19,16 @@ from spendgate.ledger.events import UsageEvent
 
 # Name → one-line documentation. The README test checks every name here is documented.
 METRIC_DOCS = {
+    "spendgate_auth_failures_total": (
+        "Failed authentications: wrong or missing gateway keys, admin token, ingest key, "
+        "console sign-ins."
+    ),
+    "spendgate_auth_refused_total": (
+        "Requests refused (429) because their address made too many failed authentications."
+    ),
+    "spendgate_auth_blocked_addresses": (
+        "Client addresses blocked now for too many failed authentications."
+    ),
     "spendgate_requests_total": "Requests recorded, by endpoint, model and status code.",
     "spendgate_tokens_total": (
         "Tokens recorded, by model and kind (prompt, completion, cached, reasoning)."
@@ -128,6 +138,9 @@ class RuntimeState:
     redis_errors: int = 0
     database_errors: dict[str, int] = field(default_factory=dict)
     exports: list[ExportState] = field(default_factory=list)
+    auth_failures: int = 0
+    auth_refused: int = 0
+    auth_blocked: int = 0
 
 
 class Histograms:
@@ -347,6 +360,9 @@ class _Collector(Collector):
         yield _counter(
             "spendgate_provider_cost_mismatches", ("upstream",), _single(m.provider_cost_mismatches)
         )
+        yield _counter("spendgate_auth_failures", (), {(): state.auth_failures})
+        yield _counter("spendgate_auth_refused", (), {(): state.auth_refused})
+        yield _gauge("spendgate_auth_blocked_addresses", state.auth_blocked)
         yield from _export_families(state.exports)
         if m.user_labels:
             yield _counter("spendgate_user_requests", ("user",), _single(m.user_requests))

@@ -13,6 +13,7 @@ from spendgate.config import ConfigError, Settings
 from spendgate.exports import build_exports
 from spendgate.keys.broadcast import KeyChanges
 from spendgate.keys.principals import PrincipalCache
+from spendgate.keys.throttle import AuthThrottle
 from spendgate.ledger.alerts import AlertStore
 from spendgate.ledger.engine import create_engine, normalize_database_url, upgrade
 from spendgate.ledger.events import UsageEvent
@@ -113,6 +114,9 @@ class Runtime:
             backend, self.prices, default_max_tokens=settings.default_max_tokens
         )
         self.drains = DrainPool(settings.max_drains)
+        self.auth_throttle = AuthThrottle(
+            settings.auth_failures_per_minute, settings.trusted_proxies
+        )
         self.request_log = RequestLog() if settings.request_log else None
         self.recorder = Recorder(
             self.writer, self.prices, self.estimator, self.metrics, self.request_log
@@ -187,6 +191,9 @@ class Runtime:
             exports=[
                 ExportState(e.name, e.sent, e.dropped, e.retries, e.buffered) for e in self.exports
             ],
+            auth_failures=self.auth_throttle.failures,
+            auth_refused=self.auth_throttle.refused,
+            auth_blocked=self.auth_throttle.blocked_addresses,
         )
 
     def _keys_changed(self) -> None:

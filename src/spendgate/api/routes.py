@@ -45,6 +45,8 @@ def _render(request: Request, error: GatewayError) -> Response:
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
+    if exc.status == 401:  # a wrong or missing key or token: counted against the address
+        request.app.state.runtime.auth_throttle.failed(request.scope)
     return _render(request, exc)
 
 

@@ -28,6 +28,7 @@ from spendgate.errors import (
     UpstreamUnavailable,
 )
 from spendgate.keys.principals import Principal, PrincipalCache
+from spendgate.keys.throttle import AuthThrottle
 from spendgate.limits.admission import Admission, Admitted
 from spendgate.metering.extract import read_usage
 from spendgate.metering.sse import SSEUsageScanner
@@ -79,6 +80,7 @@ class ProxyApp:
         key_in_path: bool,
         drain_on_disconnect: bool,
         stream_max_seconds: float,
+        auth_throttle: AuthThrottle,
     ) -> None:
         self._principals = principals
         self._admission = admission
@@ -95,6 +97,7 @@ class ProxyApp:
         self._key_in_path = key_in_path
         self._drain_on_disconnect = drain_on_disconnect
         self._stream_max = stream_max_seconds
+        self._throttle = auth_throttle
         self._paths: dict[bytes, ProxyPath] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -125,6 +128,8 @@ class ProxyApp:
                 end_user_header=end_user.decode("latin-1")[:200] if end_user else None,
             )
         except GatewayError as exc:
+            if exc.status == 401:
+                self._throttle.failed(scope)
             await send_error(send, exc, id_header)
             return
         except ClientGone:

@@ -48,6 +48,7 @@ async def login(request: Request, runtime: RuntimeDep, form: CheckedFormDep) -> 
             session = Session("user", new_csrf_token(), key_id=principal.key.id)
     next_path = safe_next(form.get("next"), "")
     if session is None:
+        runtime.auth_throttle.failed(request.scope)
         return await render_page(
             request, "login.html", status=401, next=next_path, error=WRONG_CREDENTIALS
         )
