@@ -15,7 +15,7 @@ from spendgate.api.routes import build_api
 from spendgate.config import Settings
 from spendgate.errors import RateLimitExceeded
 from spendgate.proxy.paths import is_proxy_path
-from spendgate.proxy.relay import ProxyApp, Receive, Scope, Send, send_error
+from spendgate.proxy.relay import Message, ProxyApp, Receive, Scope, Send, send_error
 from spendgate.runtime import Runtime
 
 log = logging.getLogger("spendgate")
@@ -103,8 +103,21 @@ class SpendgateApp:
             await self.proxy(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
+        elif kind == "http":
+            await self.api(scope, receive, self._with_request_id(send))
         else:
             await self.api(scope, receive, send)
+
+    def _with_request_id(self, send: Send) -> Send:
+        """`send` adding an `x-spendgate-request-id` to the response (the proxy adds its own)."""
+        request_id = (b"x-spendgate-request-id", self.runtime.recorder.new_request_id().encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), request_id]}
+            await send(message)
+
+        return send_with_id
 
     async def _refused(self, scope: Scope, send: Send) -> bool:
         """Refuse a request from an address blocked for failed sign-ins (not /health, /metrics)."""
@@ -119,7 +132,7 @@ class SpendgateApp:
             f"try again in {retry.decode()} s.",
             headers=[(b"retry-after", retry)],
         )
-        await send_error(send, error)
+        await send_error(self._with_request_id(send), error)
         return True
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:

@@ -318,3 +318,25 @@ async def test_a_wrong_method_is_an_openai_shaped_405_with_allow(gateway):
     assert_openai_error(response, 405, "invalid_request")
     assert response.json()["error"]["type"] == "invalid_request_error"
     assert response.headers["allow"]
+
+
+async def test_every_api_response_carries_a_request_id(gateway):
+    """Not only the proxy's: admin, self, operations, console, errors and 404s too."""
+    key = await gateway.new_key()
+    http = gateway.http()
+    responses = [
+        await http.get("/health"),
+        await http.get("/metrics"),
+        await http.get("/me", headers={"Authorization": f"Bearer {key}"}),
+        await http.get("/me"),  # 401
+        await http.get("/admin/users"),  # 401
+        await http.get("/no/such/route"),  # 404
+        await http.get("/ui/login"),
+        await http.get("/openapi.json"),
+    ]
+    async with gateway.admin() as admin:
+        responses.append(await admin.get("/admin/users"))
+    missing = [r.url.path for r in responses if not r.headers.get("x-spendgate-request-id")]
+    assert missing == []
+    ids = [r.headers["x-spendgate-request-id"] for r in responses]
+    assert len(set(ids)) == len(ids)
