@@ -19,6 +19,10 @@ from spendgate.ledger.events import UsageEvent
 
 # Name → one-line documentation. The README test checks every name here is documented.
 METRIC_DOCS = {
+    "spendgate_event_loop_tasks": (
+        "Tasks alive on the process's event loop (requests, drains, background work): flat "
+        "under steady load, so a leak shows as growth."
+    ),
     "spendgate_auth_failures_total": (
         "Failed authentications: wrong or missing gateway keys, admin token, ingest key, "
         "console sign-ins."
@@ -141,6 +145,7 @@ class RuntimeState:
     auth_failures: int = 0
     auth_refused: int = 0
     auth_blocked: int = 0
+    tasks: int = 0
 
 
 class Histograms:
@@ -363,6 +368,7 @@ class _Collector(Collector):
         yield _counter("spendgate_auth_failures", (), {(): state.auth_failures})
         yield _counter("spendgate_auth_refused", (), {(): state.auth_refused})
         yield _gauge("spendgate_auth_blocked_addresses", state.auth_blocked)
+        yield _gauge("spendgate_event_loop_tasks", state.tasks)
         yield from _export_families(state.exports)
         if m.user_labels:
             yield _counter("spendgate_user_requests", ("user",), _single(m.user_requests))

@@ -1,5 +1,6 @@
 """The runtime: every long-lived component, built from settings, started in the lifespan."""
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -194,6 +195,7 @@ class Runtime:
             auth_failures=self.auth_throttle.failures,
             auth_refused=self.auth_throttle.refused,
             auth_blocked=self.auth_throttle.blocked_addresses,
+            tasks=len(asyncio.all_tasks()),
         )
 
     def _keys_changed(self) -> None:
