@@ -168,3 +168,101 @@ async def test_stopping_while_the_database_is_away_keeps_the_queue_in_the_journa
         await wait_until(replayed)
         assert not list(journal.iterdir())
     assert upstream.stats.requests == 5
+
+
+OUTAGE_SECONDS = 30.0
+LOAD_WORKERS = 16
+
+
+@dataclass
+class Load:
+    """Clients sending requests in a loop until told to stop; what they got, by phase."""
+
+    statuses: dict[str, dict[int, int]]
+    phase: str = "before"
+    running: bool = True
+
+    def count(self, status: int) -> None:
+        by_status = self.statuses.setdefault(self.phase, {})
+        by_status[status] = by_status.get(status, 0) + 1
+
+    def total(self, phase: str | None = None) -> int:
+        phases = [phase] if phase else list(self.statuses)
+        return sum(sum(self.statuses.get(p, {}).values()) for p in phases)
+
+
+async def load_worker(http, key: str, load: Load, worker: int) -> None:
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 4}
+    streamed = {**body, "stream": True}
+    i = 0
+    while load.running:
+        i += 1
+        if (i + worker) % 2:
+            response = await http.post("/v1/chat/completions", json=body, headers=headers)
+        else:
+            async with http.stream(
+                "POST", "/v1/chat/completions", json=streamed, headers=headers
+            ) as response:
+                await response.aread()
+        load.count(response.status_code)
+
+
+async def test_a_30_second_outage_under_load_loses_nothing(make_gateway, db, upstream, tmp_path):
+    """The issue's figure: 30 s without the database while clients keep sending; events
+    queue, spill to the journal past the memory bound, and are all written once it is back."""
+    journal = tmp_path / "journal"
+    settings = {"database_url": db.url, "journal_dir": journal, "write_queue_max": 500}
+    async with make_gateway(**settings) as gateway:
+        key = await gateway.new_key("tess")
+        http = gateway.http()
+        load = Load({})
+        workers = [
+            asyncio.create_task(load_worker(http, key, load, n)) for n in range(LOAD_WORKERS)
+        ]
+        try:
+            await asyncio.sleep(2)  # the load runs with the database up...
+            load.phase = "outage"
+            await db.proxy.cut()
+            cut_at = time.monotonic()
+            health_down = journal_peak = 0.0
+            while time.monotonic() - cut_at < OUTAGE_SECONDS:  # ...then 30 s without it
+                await asyncio.sleep(1)
+                health = await http.get("/health")
+                health_down += health.status_code == 503 and health.json()["database"] == "down"
+                journal_peak = max(journal_peak, health.json()["journal"])
+            metrics = (await http.get("/metrics")).text
+            db.proxy.restore()
+            load.phase = "after"
+            restored_at = time.monotonic()
+            await asyncio.sleep(2)  # and some load after its return
+        finally:
+            db.proxy.restore()
+            load.running = False
+            await asyncio.gather(*workers)
+
+        async def all_written() -> bool:
+            health = (await http.get("/health")).json()
+            text = (await http.get("/metrics")).text
+            return health["journal"] == 0 and metric(text, "spendgate_write_queue_depth") == 0
+
+        await wait_until(all_written, timeout=120)
+        drained_in = time.monotonic() - restored_at
+        async with gateway.admin() as admin:
+            report = (await admin.get("/admin/usage")).json()
+        journaled = metric(metrics, "spendgate_usage_events_journaled_total")
+        print(
+            f"\n30 s database outage under load: {load.total()} requests "
+            f"({load.total('outage')} during the outage), {journaled:.0f} events journaled "
+            f"(peak {journal_peak:.0f} in the journal), all written {drained_in:.1f} s after "
+            f"the restore; ledger {report['totals']['requests']} == upstream "
+            f"{upstream.stats.requests}"
+        )
+    for phase, by_status in load.statuses.items():
+        assert set(by_status) == {200}, (phase, by_status)  # no client saw an error
+    assert load.total("outage") > 500  # a real load ran through the outage
+    assert health_down >= OUTAGE_SECONDS - 2  # /health said so all along
+    assert journaled > 0 and journal_peak > 0  # past the memory bound: the journal
+    assert metric(metrics, "spendgate_usage_events_dropped_total") == 0
+    assert report["totals"]["requests"] == upstream.stats.requests == load.total()
+    assert not list(journal.iterdir())
