@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from tests.support import assert_openai_error
+
 READ_SECONDS = 1.0
 
 
@@ -127,3 +129,24 @@ async def test_a_chunked_body_that_stops_is_cut_off_with_an_openai_error(limited
     assert set(json.loads(body)["error"]) == {"message", "type", "code", "param"}
     assert upstream.stats.received == 0
     writer.close()
+
+
+async def test_api_and_console_bodies_are_bounded_like_the_proxys(make_gateway):
+    """Not only /v1: an unauthenticated sign-in form or /ingest cannot make the gateway read
+    an unbounded body either, declared or chunked."""
+    async with make_gateway(max_body_bytes=10_000, ingest_key="ingest-key-0123456789abcdef") as gw:
+        http = gw.http()
+        big = "x" * 20_000
+        login = await http.post("/ui/login", data={"token": big})
+        assert login.status_code == 413
+        declared = await http.post("/ingest", content=big, headers={"X-Ingest-Key": "k"})
+        assert_openai_error(declared, 413, "request_too_large")
+
+        async def chunks():
+            for _ in range(20):
+                yield b"y" * 1000
+
+        chunked = await http.post("/admin/users", content=chunks(), headers={"X-Admin-Token": "t"})
+        assert_openai_error(chunked, 413, "request_too_large")
+        small = await http.post("/ui/login", data={"token": "short"})
+        assert small.status_code != 413

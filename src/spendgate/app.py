@@ -8,12 +8,13 @@ import logging
 import math
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
 
 from spendgate.api.routes import build_api
 from spendgate.config import Settings
-from spendgate.errors import RateLimitExceeded
+from spendgate.errors import InvalidRequest, RateLimitExceeded, RequestTooLarge
 from spendgate.proxy.paths import is_proxy_path
 from spendgate.proxy.relay import Message, ProxyApp, Receive, Scope, Send, send_error
 from spendgate.runtime import Runtime
@@ -86,6 +87,7 @@ class SpendgateApp:
         self.api = build_api(runtime)
         self._key_in_path = settings.key_in_path
         self._throttle = runtime.auth_throttle
+        self._max_body = settings.max_body_bytes
         # Without origins no middleware at all: the hot path pays nothing for CORS.
         self._entry: ASGIApp = (
             cors(self.route, settings.cors_origins) if settings.cors_origins else self.route
@@ -104,9 +106,36 @@ class SpendgateApp:
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         elif kind == "http":
-            await self.api(scope, receive, self._with_request_id(send))
+            await self._serve_api(scope, receive, self._with_request_id(send))
         else:
             await self.api(scope, receive, send)
+
+    async def _serve_api(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """FastAPI, with the body bounded like the proxy's (the console's forms included)."""
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if declared is None:  # chunked, or no body: counted as it arrives
+            await self.api(scope, self._bounded(receive), send)
+        elif not declared.isdigit():
+            await send_error(send, InvalidRequest("Malformed Content-Length header."))
+        elif int(declared) > self._max_body:
+            await send_error(send, RequestTooLarge(f"Request body is over {self._max_body} bytes."))
+        else:  # the server reads exactly the declared length
+            await self.api(scope, receive, send)
+
+    def _bounded(self, receive: Receive) -> Receive:
+        """`receive` refusing a body past the limit (rendered as 413 `request_too_large`)."""
+        limit = self._max_body
+        seen = 0
+
+        async def receive_bounded() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise HTTPException(413, f"Request body is over {limit} bytes.")
+            return message
+
+        return receive_bounded
 
     def _with_request_id(self, send: Send) -> Send:
         """`send` adding an `x-spendgate-request-id` to the response (the proxy adds its own)."""

@@ -25,6 +25,7 @@ from spendgate.errors import (
     GatewayError,
     InvalidRequest,
     NotFound,
+    RequestTooLarge,
 )
 from spendgate.runtime import Runtime
 from spendgate.web import console
@@ -73,6 +74,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         return _render(request, NotFound("Not found."))
+    if exc.status_code == 413:  # a body past the limit (app.py counts chunked ones)
+        return _render(request, RequestTooLarge(str(exc.detail)))
     # Starlette's own errors (405 with its Allow header, ...): keep status and headers.
     headers = [(name.encode(), value.encode()) for name, value in (exc.headers or {}).items()]
     error = FrameworkHTTPError(exc.status_code, str(exc.detail), headers=headers)
