@@ -108,3 +108,38 @@ async def test_without_origins_there_are_no_cors_headers(make_gateway, path):
     assert simple.status_code == 200, simple.text
     assert cors_headers(simple) == set()
     assert cors_headers(preflight) == set()
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://console.example.evil.example",  # a suffix
+        "https://evil.example/https://console.example",
+        "http://console.example",  # another scheme
+        "https://console.example:8443",  # another port
+        "HTTPS://CONSOLE.EXAMPLE.",
+        "null",  # sandboxed frames and file:// pages
+        "https://console.example, https://evil.example",
+    ],
+)
+async def test_only_the_exact_origin_is_allowed(make_gateway, origin):
+    async with make_gateway(cors_origins=[ALLOWED]) as gw:
+        key = await gw.new_key("cora")
+        client = gw.http()
+        preflight = await client.options("/me", headers=preflight_headers(origin))
+        simple = await client.get(
+            "/me", headers={"Origin": origin, "Authorization": f"Bearer {key}"}
+        )
+    assert preflight.status_code == 400
+    assert "access-control-allow-origin" not in preflight.headers
+    assert "access-control-allow-origin" not in simple.headers
+
+
+async def test_a_preflight_asking_for_other_methods_or_headers_is_refused(make_gateway):
+    async with make_gateway(cors_origins=[ALLOWED]) as gw:
+        client = gw.http()
+        method = await client.options("/v1/models", headers=preflight_headers(ALLOWED, "PUT"))
+        header = await client.options(
+            "/v1/models", headers=preflight_headers(ALLOWED, "GET", "authorization, x-evil")
+        )
+    assert method.status_code == 400 and header.status_code == 400
