@@ -16,6 +16,7 @@ class CuttableProxy:
         self.target = (target_host, target_port)
         self.port = 0
         self.cut_off = False
+        self.frozen = False
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -43,6 +44,7 @@ class CuttableProxy:
 
     def restore(self) -> None:
         self.cut_off = False
+        self.frozen = False
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.cut_off:
@@ -71,8 +73,14 @@ class CuttableProxy:
             writer.transport.abort()
             up_writer.transport.abort()
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def freeze(self) -> None:
+        """Keep every connection open but pass nothing more: a server that hangs, or a
+        network that drops packets without a reset (until `restore()`)."""
+        self.frozen = True
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while data := await reader.read(65536):
+            if self.frozen:
+                continue  # swallowed
             writer.write(data)
             await writer.drain()

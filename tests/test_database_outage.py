@@ -4,6 +4,7 @@ it returns; unknown keys and the admin API answer an OpenAI-shaped 503; /metrics
 /health say so."""
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -266,3 +267,65 @@ async def test_a_30_second_outage_under_load_loses_nothing(make_gateway, db, ups
     assert metric(metrics, "spendgate_usage_events_dropped_total") == 0
     assert report["totals"]["requests"] == upstream.stats.requests == load.total()
     assert not list(journal.iterdir())
+
+
+async def test_a_database_that_hangs_counts_as_down_and_recovers(make_gateway, db, upstream):
+    """A database that keeps its connections open but never answers (a hung server, a
+    network dropping packets): look-ups and writes give up after the database timeout
+    instead of holding requests for ever, and everything works again once it answers."""
+    settings = {"database_url": db.url, "database_timeout_seconds": 1.0}
+    async with make_gateway(**settings) as gateway:
+        client = gateway.client(await gateway.new_key("uma"))
+        stranger = gateway.client(await gateway.new_key("vic"))
+        await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        await gateway.flush()
+        db.proxy.freeze()
+        try:
+            for _ in range(3):  # cached, or looked up again: bounded either way
+                try:
+                    await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+                except openai.APIStatusError as exc:
+                    assert_openai_error(exc.response, 503, "database_unavailable")
+            started = time.monotonic()
+            with pytest.raises(openai.APIStatusError) as refused:
+                await stranger.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+            assert time.monotonic() - started < 5
+            assert_openai_error(refused.value.response, 503, "database_unavailable")
+        finally:
+            db.proxy.restore()
+        # The hung connections were given up: new ones serve the key and write the queue.
+        await stranger.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        await gateway.flush()
+        async with gateway.admin() as admin:
+            report = (await admin.get("/admin/usage")).json()
+        assert report["totals"]["requests"] == upstream.stats.requests
+
+
+async def test_stopping_while_the_database_hangs_does_not_hang(
+    make_gateway, db, upstream, tmp_path
+):
+    """A database that keeps its connections open but never answers (a network dropping
+    packets): the gateway still stops, its unwritten events in the journal."""
+    journal = tmp_path / "journal"
+    settings = {
+        "database_url": db.url,
+        "journal_dir": journal,
+        "shutdown_write_seconds": 0.5,
+        "database_timeout_seconds": 1.0,
+    }
+    async with make_gateway(**settings) as gateway:
+        client = gateway.client(await gateway.new_key("uma"))
+        await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        await gateway.flush()
+        db.proxy.freeze()
+        answered = 0
+        for _ in range(3):
+            with contextlib.suppress(openai.APIStatusError):  # 503 if the key is looked up
+                await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+                answered += 1
+        started = time.monotonic()
+    stopped_in = time.monotonic() - started
+    db.proxy.restore()
+    assert stopped_in < 20, stopped_in
+    (kept,) = journal.iterdir()
+    assert len(kept.read_bytes().splitlines()) == answered

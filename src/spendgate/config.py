@@ -443,6 +443,13 @@ class Settings(BaseSettings):
         validation_alias=_env("SPENDGATE_FLUSH_INTERVAL_MS"),
         description="Longest time a usage event waits before it is written.",
     )
+    database_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        validation_alias=_env("SPENDGATE_DATABASE_TIMEOUT_SECONDS"),
+        description="Longest wait for a key look-up, a key-cache refresh or a ledger write; a "
+        "database that hangs then counts as down (503 for unknown keys, writes retried).",
+    )
     write_queue_max: int = Field(
         100_000,
         gt=0,

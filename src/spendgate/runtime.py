@@ -40,6 +40,8 @@ from spendgate.request_log import RequestLog
 
 log = logging.getLogger("spendgate")
 
+_DISPOSE_SECONDS = 5.0  # at shutdown, the longest wait for database connections to close
+
 
 class Runtime:
     """Holds the engine, writer, caches, upstream client and metrics of one app."""
@@ -68,6 +70,7 @@ class Runtime:
             on_written=self.events_written,
             on_flushed=self.metrics.flushed,
             journal=Journal(journal_dir(settings, database_url)),
+            timeout=settings.database_timeout_seconds,
         )
         self.redis = open_redis(settings) if settings.redis_url else None
         self.key_changes = (
@@ -78,6 +81,7 @@ class Runtime:
         self.principals = PrincipalCache(
             self.store,
             refresh_seconds=settings.principal_refresh_seconds,
+            timeout=settings.database_timeout_seconds,
             announce=self.key_changes.publish if self.key_changes is not None else None,
         )
         self.upstream = UpstreamClient(
@@ -162,7 +166,11 @@ class Runtime:
         if self.redis is not None:
             await self.redis.aclose()
         await self.upstream.close()
-        await self.engine.dispose()
+        try:  # a database that went away can leave a connection whose close never returns
+            async with asyncio.timeout(_DISPOSE_SECONDS):
+                await self.engine.dispose()
+        except TimeoutError:
+            log.warning("database connections did not close in %g s; left", _DISPOSE_SECONDS)
 
     def events_written(self, events: Sequence[UsageEvent]) -> None:
         """Committed events (by the writer or /ingest): count them and hand them to exports."""

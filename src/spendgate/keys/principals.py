@@ -43,12 +43,14 @@ class PrincipalCache:
         store: Store,
         *,
         refresh_seconds: float = 0.5,
+        timeout: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         announce: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._announce = announce
         self._refresh_seconds = refresh_seconds
+        self._timeout = timeout
         self._clock = clock
         self._entries: dict[str, Principal] = {}
         self._misses: dict[str, float] = {}
@@ -77,7 +79,7 @@ class PrincipalCache:
         # under load, or every key after an invalidation).
         lookup = self._lookups.get(digest)
         if lookup is None:
-            lookup = asyncio.ensure_future(self._store.find_key_by_hash(digest))
+            lookup = asyncio.ensure_future(self._find(digest))
             self._lookups[digest] = lookup
             lookup.add_done_callback(lambda done: self._looked_up(digest, done))
         try:
@@ -96,6 +98,12 @@ class PrincipalCache:
         principal = Principal(key=found[0], user=found[1])
         self._entries[digest] = principal
         return principal
+
+    async def _find(self, digest: str) -> tuple[KeyRecord, UserRecord] | None:
+        # Bounded: a database that hangs (no reset, no answer) must not hold requests, nor
+        # this look-up, which every request bringing the key would otherwise wait on.
+        async with asyncio.timeout(self._timeout):
+            return await self._store.find_key_by_hash(digest)
 
     def _looked_up(self, digest: str, done: "asyncio.Future[Any]") -> None:
         self._lookups.pop(digest, None)
@@ -126,7 +134,8 @@ class PrincipalCache:
 
     async def refresh(self) -> None:
         """Drop the cache if another process changed users or keys."""
-        generation = await self._store.read_generation()
+        async with asyncio.timeout(self._timeout):
+            generation = await self._store.read_generation()
         if generation != self._generation:
             self._generation = generation
             self.invalidate()

@@ -69,8 +69,10 @@ class LedgerWriter:
         on_written: OnWritten | None = None,
         on_flushed: OnFlushed | None = None,
         journal: Journal | None = None,
+        timeout: float = 30.0,
     ) -> None:
         self._engine = engine
+        self._timeout = timeout
         self._statements = Statements()
         self._flush_interval = flush_interval
         self._max_batch = max_batch
@@ -275,9 +277,11 @@ class LedgerWriter:
         while True:
             started = time.perf_counter()
             try:
-                inserted = await write_events(
-                    self._engine, batch, self._statements, known_new=known_new
-                )
+                # Bounded: a database that hangs without an error counts as a failed write.
+                async with asyncio.timeout(self._timeout):
+                    inserted = await write_events(
+                        self._engine, batch, self._statements, known_new=known_new
+                    )
             except Exception as error:  # the writer's outer edge: keep the batch, retry
                 self._retries += 1
                 self._events_retried += len(batch)
