@@ -13,7 +13,7 @@ else from the parsed float's shortest repr.
 import re
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -22,6 +22,9 @@ from spendgate.metering.usage import Usage
 METERED_ENDPOINTS = frozenset({"chat/completions", "completions", "embeddings", "responses"})
 # A reported cost at or above this (USD) is taken as garbage: it would not fit the ledger.
 MAX_PROVIDER_COST = 1_000_000
+# A token count above this is taken as garbage too: no request comes near it, and counts
+# past it (JSON allows any integer) could overflow the ledger's 64-bit columns once priced.
+MAX_TOKENS = 2**31 - 1
 _COST_KEY = b'"cost"'
 _COST_NUMBER = re.compile(rb"\s*:\s*(-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)")
 _COST_LOOKS = 8  # `"cost"` keys tried, from the end, to find the one the usage holds
@@ -77,7 +80,7 @@ def usage_from_mapping(
         completion_tokens=completion,
         cached_tokens=_detail(input_details, "cached_tokens"),
         reasoning_tokens=_detail(output_details, "reasoning_tokens"),
-        total_tokens=total if type(total) is int and total >= 0 else prompt + completion,
+        total_tokens=total if _is_count(total) else prompt + completion,
         model=model,
         provider_cost=None if cost is None else provider_cost(cost, raw),
     )
@@ -114,9 +117,13 @@ def _cost_text(raw: bytes, value: float) -> str | None:
     return None
 
 
-def _count(value: object) -> int:
+def _is_count(value: object) -> TypeGuard[int]:
     # `bool` is a subclass of `int`: `type(...) is int` keeps `true` from counting as 1.
-    return value if type(value) is int and value >= 0 else 0
+    return type(value) is int and 0 <= value <= MAX_TOKENS
+
+
+def _count(value: object) -> int:
+    return value if _is_count(value) else 0
 
 
 def _detail(details: object, key: str) -> int:

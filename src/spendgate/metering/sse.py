@@ -20,9 +20,12 @@ import orjson
 from spendgate.metering.extract import metered_endpoint, usage_from_mapping
 from spendgate.metering.usage import Usage
 
-# An event ends with a blank line; lines end with "\n" or "\r\n", so the terminator is
-# "\n\n", "\r\n\r\n", "\n\r\n" or "\r\n\n". Its first "\n" may be this far back in held bytes.
+# An event ends with a blank line; a line ends with "\r\n", "\n" or "\r" (SSE spec), so the
+# terminator is two line ends, at most 4 bytes. A terminator still open at the end of the
+# bytes so far (only a "\r" could grow, into "\r\n") starts at most this far back.
 _END_LOOKBACK = 3
+# A line end, then an empty line's end. A "\r" directly before a "\n" is half of one "\r\n".
+_BLANK_LINE = re.compile(rb"(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r)")
 _CR = 13
 _LF = 10
 # What follows a `"usage"` key when its value is an object (not `"usage":null`).
@@ -99,6 +102,25 @@ class SSEUsageScanner:
 
     def feed(self, chunk: bytes) -> bytes:
         """Take the next upstream bytes; return the bytes to forward to the client now."""
+        return self._scan(chunk, final=False)
+
+    def finish(self) -> bytes:
+        """End of stream: return the held bytes, the usage-only chunk still dropped.
+
+        An unterminated last event is returned unchanged (it is still read).
+        """
+        out = self._scan(b"", final=True) if self._held else b""
+        tail = bytes(self._held)
+        self._held = bytearray()
+        self._resume_at = 0
+        self._read_event(tail)
+        return out + tail
+
+    def _scan(self, chunk: bytes, *, final: bool) -> bytes:
+        """Forward the complete events in the held bytes and `chunk`; hold the rest.
+
+        `final`: no bytes follow, so a "\r" ending the bytes is a whole line end.
+        """
         if self._skipping:
             return self._skip(chunk)
         held = self._held
@@ -114,8 +136,11 @@ class SSEUsageScanner:
         forward_from = 0  # where the not-yet-returned forwardable bytes begin
         dropped: list[bytes] | None = None
         search_at = self._resume_at
+        # Streams end their lines with "\n" or "\r\n"; a lone "\r" (which SSE allows too)
+        # takes the slower search.
+        lone_cr = _has_lone_cr(buffer, search_at)
         while True:
-            end, after = _event_end(buffer, start, search_at)
+            end, after = _event_end(buffer, start, search_at, lone_cr=lone_cr, final=final)
             if end < 0:
                 break
             if not self._read_event(bytes(buffer[start:end])):
@@ -145,14 +170,6 @@ class SSEUsageScanner:
             return chunk
         return bytes(buffer[forward_from:start])
 
-    def finish(self) -> bytes:
-        """End of stream: return the held partial event, unchanged (it is still read)."""
-        tail = bytes(self._held)
-        self._held = bytearray()
-        self._resume_at = 0
-        self._read_event(tail)
-        return tail
-
     @property
     def text_bytes(self) -> int:
         """Bytes of generated text seen (JSON-escaped), including any beyond `text_limit`."""
@@ -173,7 +190,7 @@ class SSEUsageScanner:
     def _skip(self, chunk: bytes) -> bytes:
         """Forward the rest of an oversized event; resume reading after its end."""
         window = self._skip_tail + chunk
-        end, after = _event_end(window, 0, 0)
+        end, after = _event_end(window, 0, 0, lone_cr=_has_lone_cr(window, 0), final=False)
         if end < 0:
             self._skip_tail = window[-_END_LOOKBACK:]
             return chunk
@@ -181,7 +198,7 @@ class SSEUsageScanner:
         self._skip_tail = b""
         self.events += 1
         cut = after - (len(window) - len(chunk))
-        return chunk[:cut] + self.feed(chunk[cut:])
+        return chunk[:cut] + self._scan(chunk[cut:], final=False)
 
     def _read_event(self, event: bytes) -> bool:
         """Read one complete event; return False when it must not be forwarded."""
@@ -272,11 +289,36 @@ class SSEUsageScanner:
         self._text_parts.append(raw)
 
 
-def _event_end(buffer: bytes | bytearray, start: int, search_at: int) -> tuple[int, int]:
+def _event_end(
+    buffer: bytes | bytearray, start: int, search_at: int, *, lone_cr: bool, final: bool
+) -> tuple[int, int]:
     """Find the blank line ending the event at `start`: (its first byte, the byte after it).
 
-    Returns (-1, -1) when the bytes so far hold no complete terminator.
+    Returns (-1, -1) when the bytes so far hold no complete terminator. `lone_cr`: the
+    bytes from `search_at` hold a "\r" line end (see `_has_lone_cr`). `final`: no bytes
+    follow, so a "\r" ending the buffer is a whole line end.
     """
+    if not lone_cr:
+        return _lf_event_end(buffer, start, search_at)
+    match = _BLANK_LINE.search(buffer, search_at)
+    if match is None:
+        return -1, -1
+    end, after = match.span()
+    if after == len(buffer) and buffer[after - 1] == _CR and not final:
+        return -1, -1  # the "\r" may be the start of a "\r\n": wait for the next byte
+    if end > start and buffer[end] == _LF and buffer[end - 1] == _CR:
+        end -= 1  # the search began inside a "\r\n"
+    return end, after
+
+
+def _has_lone_cr(buffer: bytes | bytearray, start: int) -> bool:
+    """Whether a "\r" from `start` on is not part of a "\r\n" (or may not be, at the end)."""
+    crs = buffer.count(b"\r", start)
+    return crs > 0 and crs != buffer.count(b"\r\n", start)
+
+
+def _lf_event_end(buffer: bytes | bytearray, start: int, search_at: int) -> tuple[int, int]:
+    """`_event_end` for bytes whose line ends are all "\n" or "\r\n"."""
     size = len(buffer)
     while (newline := buffer.find(b"\n", search_at)) >= 0:
         after = newline + 1
@@ -295,9 +337,13 @@ def _event_end(buffer: bytes | bytearray, start: int, search_at: int) -> tuple[i
 def _single_line_event_terminator(chunk: bytes) -> int:
     """The terminator's length if `chunk` is exactly one one-line event, else 0."""
     if chunk.endswith(b"\n\n"):
-        if chunk.find(b"\n") == len(chunk) - 2 and chunk[-3:-2] != b"\r":
+        if chunk.find(b"\n") == len(chunk) - 2 and chunk.find(b"\r") < 0:
             return 2
-    elif chunk.endswith(b"\r\n\r\n") and chunk.find(b"\n") == len(chunk) - 3:
+    elif (
+        chunk.endswith(b"\r\n\r\n")
+        and chunk.find(b"\n") == len(chunk) - 3
+        and chunk.find(b"\r") == len(chunk) - 4
+    ):
         return 4
     return 0
 

@@ -79,7 +79,7 @@ def prepare_request(
     return PreparedRequest(
         endpoint=endpoint,
         method=method,
-        body=orjson.dumps(parsed) if changed else body,
+        body=dump_json(parsed) if changed else body,
         json=parsed,
         model=model,
         stream=stream,
@@ -106,6 +106,15 @@ def _parse_json(endpoint: str, content_type: bytes | None, body: bytes) -> dict[
             raise InvalidRequest("Request body must be a JSON object.")
         return None
     return parsed
+
+
+def dump_json(parsed: dict[str, Any]) -> bytes:
+    """The JSON of a request body the gateway rewrote (InvalidRequest if nested too deep)."""
+    try:
+        return orjson.dumps(parsed)
+    except orjson.JSONEncodeError:
+        # Parsing allows deeper nesting (1024) than writing (254): refuse, don't fail (500).
+        raise InvalidRequest("Request body is nested too deeply.") from None
 
 
 def _max_output_tokens(parsed: dict[str, Any]) -> int | None:
