@@ -15,10 +15,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import aiohttp
-import orjson
 
 from spendgate.errors import (
     GatewayError,
@@ -39,7 +39,7 @@ from spendgate.proxy.headers import client_headers, read_request_headers
 from spendgate.proxy.models import ModelList
 from spendgate.proxy.paths import ProxyPath, check_query, parse_proxy_path
 from spendgate.proxy.recorder import Outcome, Recorder
-from spendgate.proxy.rewrite import PreparedRequest, prepare_request
+from spendgate.proxy.rewrite import PreparedRequest, dump_json, prepare_request
 from spendgate.proxy.routing import Router, Upstream
 from spendgate.proxy.upstream import UpstreamClient
 
@@ -154,12 +154,18 @@ class ProxyApp:
             if attempt:
                 await asyncio.sleep(self._backoff * 2 ** (attempt - 1))
             url = target.url_for(path.raw, query, prepared.model)
+            try:
+                body = _body_for(target.model_map, prepared)
+            except InvalidRequest as exc:  # a body the mapping cannot rewrite
+                outcome = Outcome(exc.status, error_code=exc.code)
+                await self._finish(request_id, principal, prepared, admitted, outcome, started)
+                await send_error(send, exc, id_header)
+                return
             sent_at = time.perf_counter()
             try:
                 response = await self._upstream.send(
-                    target, prepared.method, url, [*heads.forward, *target.auth_headers],
-                    _body_for(target.model_map, prepared),
-                )  # fmt: skip
+                    target, prepared.method, url, [*heads.forward, *target.auth_headers], body
+                )
             except GatewayError as exc:
                 failure = "timeout" if exc.code == "upstream_timeout" else "connect_error"
                 self._attempt_failed(upstream, failure, request_id, attempt < last)
@@ -281,6 +287,10 @@ class ProxyApp:
         await send({"type": "http.response.start", "status": response.status, "headers": call.head})
         # The request body is fully read, so the next receive() only returns on disconnect.
         disconnected = asyncio.ensure_future(receive())
+        if not self._drain_on_disconnect:
+            # Abort mode closes the upstream the moment the client leaves, not at the next
+            # chunk: a model that is silent while it reasons is billed for that time.
+            disconnected.add_done_callback(partial(_close_unless_cancelled, response))
         content = response.content
         # A stream that never ends is cut here. Chunks come at least every read timeout
         # (else aiohttp raises), so checking the clock per chunk bounds the stream's time.
@@ -293,8 +303,7 @@ class ProxyApp:
                     break
                 out = scanner.feed(chunk)
                 if disconnected.done():
-                    await self._abandon(call, scanner, deadline)
-                    return
+                    break
                 now = time.perf_counter()
                 if out:
                     if call.first_token_seconds is None:
@@ -306,9 +315,10 @@ class ProxyApp:
         except (aiohttp.ClientError, TimeoutError):
             response.close()
             outcome_error = "upstream_broken"
-        finally:
-            if not disconnected.done():
-                disconnected.cancel()
+        if disconnected.done():  # the client left (in abort mode the read ended with it)
+            await self._abandon(call, scanner, deadline)
+            return
+        disconnected.cancel()
         tail = scanner.finish()
         await send({"type": "http.response.body", "body": tail})
         response.release()
@@ -407,6 +417,11 @@ def _stream_outcome(status: int, scanner: SSEUsageScanner, error: str | None) ->
     )
 
 
+def _close_unless_cancelled(response: aiohttp.ClientResponse, done: "asyncio.Future[Any]") -> None:
+    if not done.cancelled():
+        response.close()
+
+
 def _stream_cut(call: "_Call") -> str:
     """End a stream that ran past `SPENDGATE_STREAM_MAX_SECONDS`: the error code to record."""
     call.response.close()
@@ -417,7 +432,7 @@ def _stream_cut(call: "_Call") -> str:
 def _body_for(model_map: Any, prepared: PreparedRequest) -> bytes:
     """The body for an upstream that knows the requested model by another name."""
     if model_map and prepared.model in model_map and prepared.json is not None:
-        return orjson.dumps({**prepared.json, "model": model_map[prepared.model]})
+        return dump_json({**prepared.json, "model": model_map[prepared.model]})
     return prepared.body
 
 
