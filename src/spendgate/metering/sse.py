@@ -102,6 +102,9 @@ class SSEUsageScanner:
 
     def feed(self, chunk: bytes) -> bytes:
         """Take the next upstream bytes; return the bytes to forward to the client now."""
+        # The common case, one single-line event per chunk: no buffer bookkeeping.
+        if not self._held and not self._skipping and (t := _single_line_event_terminator(chunk)):
+            return chunk if self._read_event(chunk[:-t]) else b""
         return self._scan(chunk, final=False)
 
     def finish(self) -> bytes:
@@ -124,9 +127,6 @@ class SSEUsageScanner:
         if self._skipping:
             return self._skip(chunk)
         held = self._held
-        if not held and (terminator := _single_line_event_terminator(chunk)):
-            # The common case, one single-line event per chunk: no buffer bookkeeping.
-            return chunk if self._read_event(chunk[:-terminator]) else b""
         if held:
             held += chunk
             buffer: bytes | bytearray = held
@@ -140,7 +140,10 @@ class SSEUsageScanner:
         # takes the slower search.
         lone_cr = _has_lone_cr(buffer, search_at)
         while True:
-            end, after = _event_end(buffer, start, search_at, lone_cr=lone_cr, final=final)
+            if lone_cr:
+                end, after = _cr_event_end(buffer, start, search_at, final)
+            else:
+                end, after = _lf_event_end(buffer, start, search_at)
             if end < 0:
                 break
             if not self._read_event(bytes(buffer[start:end])):
@@ -190,7 +193,11 @@ class SSEUsageScanner:
     def _skip(self, chunk: bytes) -> bytes:
         """Forward the rest of an oversized event; resume reading after its end."""
         window = self._skip_tail + chunk
-        end, after = _event_end(window, 0, 0, lone_cr=_has_lone_cr(window, 0), final=False)
+        end, after = (
+            _cr_event_end(window, 0, 0, False)
+            if _has_lone_cr(window, 0)
+            else _lf_event_end(window, 0, 0)
+        )
         if end < 0:
             self._skip_tail = window[-_END_LOOKBACK:]
             return chunk
@@ -289,17 +296,15 @@ class SSEUsageScanner:
         self._text_parts.append(raw)
 
 
-def _event_end(
-    buffer: bytes | bytearray, start: int, search_at: int, *, lone_cr: bool, final: bool
+def _cr_event_end(
+    buffer: bytes | bytearray, start: int, search_at: int, final: bool
 ) -> tuple[int, int]:
     """Find the blank line ending the event at `start`: (its first byte, the byte after it).
 
-    Returns (-1, -1) when the bytes so far hold no complete terminator. `lone_cr`: the
-    bytes from `search_at` hold a "\r" line end (see `_has_lone_cr`). `final`: no bytes
-    follow, so a "\r" ending the buffer is a whole line end.
+    For bytes holding a "\r" line end (see `_has_lone_cr`); `_lf_event_end` is the fast
+    search for the rest. Returns (-1, -1) when the bytes so far hold no complete
+    terminator. `final`: no bytes follow, so a "\r" ending the buffer is a whole line end.
     """
-    if not lone_cr:
-        return _lf_event_end(buffer, start, search_at)
     match = _BLANK_LINE.search(buffer, search_at)
     if match is None:
         return -1, -1
@@ -318,7 +323,7 @@ def _has_lone_cr(buffer: bytes | bytearray, start: int) -> bool:
 
 
 def _lf_event_end(buffer: bytes | bytearray, start: int, search_at: int) -> tuple[int, int]:
-    """`_event_end` for bytes whose line ends are all "\n" or "\r\n"."""
+    """`_cr_event_end` for bytes whose line ends are all "\n" or "\r\n"."""
     size = len(buffer)
     while (newline := buffer.find(b"\n", search_at)) >= 0:
         after = newline + 1
