@@ -6,12 +6,11 @@ one, which would add kilobytes to every page. Charts of many users show the larg
 and sum the rest as "(others)"; the tables under each chart have every row.
 """
 
+import importlib
 from collections.abc import Sequence
 from datetime import date
 from decimal import Decimal
 from typing import Any
-
-import plotly.graph_objects as go  # type: ignore[import-untyped]  # plotly ships no types
 
 from spendgate.web.formats import usd
 
@@ -38,7 +37,15 @@ BAR_WIDTH_MS = DAY_MS * 0.8  # a day's bar, with a gap to the next
 DAILY_TICKS_UP_TO = 14  # days: up to this span every day gets its tick
 
 
-def _figure(traces: Sequence[go.Bar | go.Scatter], empty: bool, **layout: Any) -> str:
+def _plotly() -> Any:
+    """`plotly.graph_objects`, imported with the first chart drawn: with what it pulls in
+    (narwhals) it is ~19 MB of memory that a gateway nobody opens the console of never
+    carries."""
+    return importlib.import_module("plotly.graph_objects")
+
+
+def _figure(traces: Sequence[Any], empty: bool, **layout: Any) -> str:
+    go = _plotly()
     template = go.layout.Template(
         layout={
             "font": {"family": FONT, "size": 13, "color": "#1f2937"},
@@ -110,6 +117,7 @@ def _top_users(rows: Sequence[dict[str, Any]], limit: int) -> tuple[list[str], b
 
 def cost_by_user(by_user: Sequence[dict[str, Any]]) -> str:
     """Horizontal bars: cost per user, the largest on top."""
+    go = _plotly()
     cost_of: dict[str, Decimal] = {row["user"]: row["cost_usd"] for row in by_user}
     top, others = _top_users(by_user, MAX_USERS_BAR)
     names, costs = list(top), [cost_of[user] for user in top]
@@ -133,6 +141,7 @@ def cost_by_user(by_user: Sequence[dict[str, Any]]) -> str:
 
 def daily_cost(daily: Sequence[dict[str, Any]], start: str, end: str) -> str:
     """Bars of each day's cost with the cumulative cost as a line on a second axis."""
+    go = _plotly()
     days = _noon([row["day"] for row in daily])
     cost, cost_text = _money([row["cost_usd"] for row in daily])
     cumulative, cumulative_text = _money([row["cumulative_cost_usd"] for row in daily])
@@ -156,6 +165,7 @@ def daily_cost(daily: Sequence[dict[str, Any]], start: str, end: str) -> str:
 
 def daily_by_user(rows: Sequence[dict[str, Any]], start: str, end: str) -> str:
     """Stacked bars: each day's cost split by user (the largest users, then the rest)."""
+    go = _plotly()
     top, _ = _top_users(rows, MAX_USERS_STACKED)
     series: dict[str, dict[str, Decimal]] = {user: {} for user in top}
     for row in rows:
@@ -181,6 +191,7 @@ def daily_by_user(rows: Sequence[dict[str, Any]], start: str, end: str) -> str:
 
 def by_model(models: Sequence[dict[str, Any]]) -> str:
     """Grouped bars per model: cost (USD, left axis) and total tokens (right axis)."""
+    go = _plotly()
     names = [row["model"] for row in models]
     cost, cost_text = _money([row["cost_usd"] for row in models])
     tokens = [row["total_tokens"] for row in models]
@@ -204,6 +215,7 @@ def by_model(models: Sequence[dict[str, Any]]) -> str:
 
 def my_daily(groups: Sequence[dict[str, Any]], start: str, end: str) -> str:
     """Bars of one user's cost per day."""
+    go = _plotly()
     cost, cost_text = _money([group["cost_usd"] for group in groups])
     bars = go.Bar(
         x=_noon([group["day"] for group in groups]), y=cost, width=BAR_WIDTH_MS,
