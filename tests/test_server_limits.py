@@ -150,3 +150,28 @@ async def test_api_and_console_bodies_are_bounded_like_the_proxys(make_gateway):
         assert_openai_error(chunked, 413, "request_too_large")
         small = await http.post("/ui/login", data={"token": "short"})
         assert small.status_code != 413
+
+
+async def test_a_large_body_sent_with_its_head_is_not_taken_for_a_large_head(limited, upstream):
+    """One write carrying a small head and a 100 KB body: the body does not count as head."""
+    key = await limited.new_key()
+    body = json.dumps({"model": "gpt-4o-mini", "input": "word " * 20_000}).encode()
+    reader, writer = await connect(limited)
+    writer.write(
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n".encode()
+        + body
+    )
+    status, _, answer = parse(await answer_and_close(reader, 10))
+    assert status == 200, answer
+    writer.close()
+
+
+async def test_a_large_head_arriving_whole_in_one_read_is_a_431(limited):
+    reader, writer = await connect(limited)
+    big = "".join(f"X-Big-{i}: {'b' * 1000}\r\n" for i in range(12))  # ~12 KB > 8 KB
+    writer.write(f"GET /health HTTP/1.1\r\nHost: x\r\n{big}\r\n".encode())
+    status, _, _ = parse(await answer_and_close(reader, 10))
+    assert status == 431
+    writer.close()

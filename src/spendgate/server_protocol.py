@@ -9,8 +9,10 @@ the parser takes a request head of any size. `LimitedHttpToolsProtocol` adds bot
   the connection's opening, for the first request); past it the client gets a 408 and the
   connection is closed. One timer per connection, re-armed only when it fires, so a request
   costs two attribute writes, not a timer;
-- the request head may not pass `max_header_bytes` (431, connection closed). Counted per
-  `data_received` call while the head is incomplete, so the bound holds to within one read.
+- the request head may not pass `max_header_bytes` (431, connection closed). A head still
+  incomplete past the bound is refused as soon as a read shows it (so the parser holds at
+  most one read more); a complete one is measured only when the bytes read (the body's
+  first bytes may be among them) pass the bound.
 
 Writes go through `CoalescingTransport` (one socket write per buffered response).
 """
@@ -63,25 +65,49 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # lingering after a refusal: read and drop
-        if not self._head_done:
-            if self._reading_since is None:
-                self._reading_since = self.loop.time()
-            self._head_bytes += len(data)
-            if self._head_bytes > self.max_header_bytes:
-                message = f"The request head is over {self.max_header_bytes} bytes."
-                self._refuse(RequestHeadTooLarge(message))
-                return
+        if self._head_done:
+            super().data_received(data)
+            return
+        if self._reading_since is None:
+            self._reading_since = self.loop.time()
+        self._head_bytes += len(data)
         super().data_received(data)
+        # Still no end of head past the bound: too large, whatever comes next.
+        if not self._head_done and self._head_bytes > self.max_header_bytes:
+            self._refuse_head()
 
     def on_headers_complete(self) -> None:
+        # The bytes read may hold the start of the body too: measure the head itself.
+        if self._head_bytes > self.max_header_bytes and self._head_size() > self.max_header_bytes:
+            self._refuse_head()
+        if self._refused:  # this request's or an earlier one's in the same read
+            return
         self._head_done = True
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._reading_since = None
         self._head_done = False
         self._head_bytes = 0
-        super().on_message_complete()
+        if not self._refused:
+            super().on_message_complete()
+
+    def _head_size(self) -> int:
+        """The request head's size as sent: request line and header lines."""
+        size = len(self.url) + 16  # "METHOD " and " HTTP/1.1\r\n", about
+        for name, value in self.headers:
+            size += len(name) + len(value) + 4
+        return size
+
+    def _refuse_head(self) -> None:
+        if not self._refused:
+            self._refuse(
+                RequestHeadTooLarge(f"The request head is over {self.max_header_bytes} bytes.")
+            )
 
     def _check_read_time(self) -> None:
         """Close a connection whose request is taking too long to arrive; else look again."""
