@@ -26,6 +26,8 @@ from spendgate.ledger.engine import create_engine, upgrade
 from spendgate.ledger.events import UsageEvent
 from spendgate.ledger.store import Store
 from spendgate.ledger.writer import write_events
+from tests.processes import clean_environment, free_port, serve
+from tests.support import ADMIN_TOKEN
 
 KEY_IN_TEXT = re.compile(r"\bsg-[A-Za-z0-9_-]{32,}")
 
@@ -447,3 +449,17 @@ def test_serve_refuses_zero_workers():
     result = invoke("serve", "--workers", "0")
     assert result.exit_code == 2
     assert "workers" in result.stderr
+
+
+async def test_serve_starts_with_upstreams_that_carry_their_own_keys(tmp_path, upstream):
+    """[[upstreams]] with `api_key_env` and no SPENDGATE_UPSTREAM_API_KEY: that is a key."""
+    upstreams = [{"name": "main", "base_url": upstream.base_url, "api_key_env": "MAIN_KEY"}]
+    env = clean_environment(
+        tmp_path,
+        SPENDGATE_UPSTREAMS=json.dumps(upstreams),
+        SPENDGATE_PORT=str(free_port()),
+        SPENDGATE_ADMIN_TOKEN=ADMIN_TOKEN,
+        MAIN_KEY="sk-main",
+    )
+    async with serve(tmp_path, env) as served:
+        await served.wait_for_output("listening")

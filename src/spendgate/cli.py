@@ -150,7 +150,7 @@ def serve(
             f"--workers {workers}: worker processes share budgets and rate limits through "
             "Redis; set SPENDGATE_REDIS_URL, or run one worker."
         )
-    if settings.upstream_api_key is None:
+    if settings.upstream_api_key is None and not settings.upstreams:
         fail("no upstream key: set SPENDGATE_UPSTREAM_API_KEY (or run `spendgate demo`).")
     _serve(settings, host or settings.host, port if port is not None else settings.port, workers)
 
@@ -228,7 +228,7 @@ def demo(
 def run_command() -> None:
     """`serve` when an upstream key is configured, else `demo`."""
     settings = settings_or_exit()
-    if settings.upstream_api_key is None:
+    if settings.upstream_api_key is None and not settings.upstreams:
         demo(port=settings.port, host=settings.host)
     else:
         serve(None, None)

@@ -207,6 +207,12 @@ async def test_the_ingest_key_is_required(make_gateway, upstream):
         wrong = await push(gw, event(token), key=INGEST_KEY + "x")
         assert_openai_error(wrong, 401, "invalid_api_key")
         assert INGEST_KEY not in wrong.text
+        both = await gw.http().post(  # a right copy does not excuse a wrong one
+            "/ingest",
+            json=event(token),
+            headers=[("X-Ingest-Key", INGEST_KEY), ("X-Ingest-Key", INGEST_KEY + "x")],
+        )
+        assert_openai_error(both, 401, "invalid_api_key")
         await gw.flush()
         assert (await report(gw, source="ingest"))["totals"]["requests"] == 0
 

@@ -1,5 +1,6 @@
 """Typed dependencies: the runtime, admin auth and gateway-key auth."""
 
+from collections.abc import Iterable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -7,7 +8,7 @@ from fastapi import Depends, Request
 from spendgate.errors import AdminAuthRequired
 from spendgate.keys.material import same_secret
 from spendgate.keys.principals import Principal
-from spendgate.proxy.headers import client_key
+from spendgate.proxy.headers import client_key, credential_value
 from spendgate.runtime import Runtime
 
 
@@ -21,14 +22,35 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 def require_admin(request: Request, runtime: RuntimeDep) -> None:
-    """Refuse unless the request carries the admin token (none configured: refuse all)."""
+    """Refuse unless the request carries the admin token (none configured: refuse all).
+
+    Every admin credential sent (`X-Admin-Token`, `Authorization: Bearer`, each copy of a
+    repeated one) must be the token: one right copy beside a wrong one is refused too.
+    """
     token = runtime.settings.admin_token
-    given = request.headers.get("x-admin-token")
-    if given is None:
-        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        given = credentials.strip() if scheme.lower() == "bearer" else None
-    if token is None or not given or not same_secret(given, token.get_secret_value()):
+    given = admin_credentials(request.scope["headers"])
+    if token is None or not given:
         raise AdminAuthRequired("Admin token missing or wrong.")
+    expected = token.get_secret_value()
+    # every copy is compared (no early exit), so timing tells nothing about which failed
+    matches = [same_secret(credential, expected) for credential in given]
+    if not all(matches):
+        raise AdminAuthRequired("Admin token missing or wrong.")
+
+
+def admin_credentials(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
+    """Every non-empty admin credential in the headers: `X-Admin-Token`s and bearer tokens.
+
+    A non-bearer `Authorization` counts as a (wrong) credential, never as absent.
+    """
+    found = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in (b"x-admin-token", b"authorization"):
+            credential = credential_value(lowered, value)
+            if credential:
+                found.append(credential.decode("latin-1"))
+    return found
 
 
 AdminDep = Depends(require_admin)

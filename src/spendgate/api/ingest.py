@@ -162,8 +162,12 @@ async def ingest(request: Request, runtime: RuntimeDep) -> ExactJSONResponse:
 
 def _require_ingest_key(request: Request, runtime: Runtime) -> None:
     expected = runtime.settings.ingest_key
-    given = request.headers.get("x-ingest-key")
-    if expected is None or not given or not same_secret(given, expected.get_secret_value()):
+    given = request.headers.getlist("x-ingest-key")  # every copy must be right
+    if (
+        expected is None
+        or not given
+        or not all(same_secret(value, expected.get_secret_value()) for value in given)
+    ):
         raise InvalidAPIKey("Ingest key missing or wrong (header X-Ingest-Key).")
 
 

@@ -89,6 +89,8 @@ def build_api(runtime: Runtime) -> FastAPI:
         version=__version__,
         description="Admin, self-service and operations API of the spendgate LLM gateway. "
         "The OpenAI-compatible proxy lives under /v1/ and is not described here.",
+        # Its redirect would build the Location from the client's own Host header.
+        redirect_slashes=False,
     )
     api.state.runtime = runtime
     api.add_exception_handler(GatewayError, _gateway_error)

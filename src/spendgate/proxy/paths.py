@@ -45,13 +45,17 @@ def parse_proxy_path(raw_path: bytes, key_in_path: bool) -> ProxyPath:
     decoded = _fully_unquote(rest)
     if b"\\" in decoded or any(byte < 0x20 or byte == 0x7F for byte in decoded):
         raise InvalidRequest("Path contains forbidden characters.")
+    try:
+        # Not UTF-8 (an overlong `%c0%ae` is a dot to some decoders): refused, not guessed at.
+        endpoint = decoded.decode("utf-8").rstrip("/")
+    except UnicodeDecodeError:
+        raise InvalidRequest("Path is not valid UTF-8.") from None
     segments = decoded.split(b"/")
     # A trailing slash is harmless; an empty segment anywhere else is `//`, which some
     # URL joiners read as a new host.
     inner = segments[:-1] if len(segments) > 1 and segments[-1] == b"" else segments
-    if decoded and any(segment in (b"", b".", b"..") for segment in inner):
+    if decoded and any(_escapes(segment) for segment in inner):
         raise InvalidRequest("Path escapes /v1/ after normalisation.")
-    endpoint = decoded.decode("utf-8", "replace").rstrip("/")
     return ProxyPath(raw=rest.decode("latin-1"), endpoint=endpoint, key=key)
 
 
@@ -67,6 +71,16 @@ def check_query(query: bytes) -> None:
             raise InvalidRequest(
                 "Send the key in the Authorization header, not in the URL.", param=name[:64]
             )
+
+
+def _escapes(segment: bytes) -> bool:
+    """Whether a decoded segment is empty or all dots, once `;params` and blanks are cut.
+
+    Servers differ: Tomcat reads `..;x` as `..`, Windows drops trailing dots and blanks, so
+    `...` and `.. ` can be `..` upstream. No API path has such a segment.
+    """
+    stem = segment.split(b";", 1)[0].strip(b" ")
+    return not stem.strip(b".")
 
 
 def _fully_unquote(raw: bytes) -> bytes:
