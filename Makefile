@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint format bench bench-peers bench-ledger bench-soak services browser influxdb screenshots clean
+.PHONY: run test lint format bench bench-peers bench-ledger bench-soak soak services browser influxdb screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,10 +65,13 @@ bench-ledger: $(VENV)/.installed-dev
 	@command -v wrk >/dev/null || (sudo -n apt-get install -y -q wrk || apt-get install -y -q wrk)
 	$(BIN)/python bench/ledger_scale.py
 
-## bench-soak: RSS after 100,000 requests and over a 5-minute soak
-bench-soak: $(VENV)/.installed-dev
+## soak: 10 minutes of mixed load and chaos clients: RSS, fds and event-loop tasks flat, ledger exact
+soak: $(VENV)/.installed-dev
 	@command -v wrk >/dev/null || (sudo -n apt-get install -y -q wrk || apt-get install -y -q wrk)
 	$(BIN)/python bench/soak.py
+
+## bench-soak: the same as soak (its earlier name)
+bench-soak: soak
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
