@@ -226,11 +226,12 @@ async def test_a_30_second_outage_under_load_loses_nothing(make_gateway, db, ups
             load.phase = "outage"
             await db.proxy.cut()
             cut_at = time.monotonic()
-            health_down = journal_peak = 0.0
+            polls: list[bool] = []  # /health said the database is down
+            journal_peak = 0
             while time.monotonic() - cut_at < OUTAGE_SECONDS:  # ...then 30 s without it
                 await asyncio.sleep(1)
                 health = await http.get("/health")
-                health_down += health.status_code == 503 and health.json()["database"] == "down"
+                polls.append(health.status_code == 503 and health.json()["database"] == "down")
                 journal_peak = max(journal_peak, health.json()["journal"])
             metrics = (await http.get("/metrics")).text
             db.proxy.restore()
@@ -262,7 +263,7 @@ async def test_a_30_second_outage_under_load_loses_nothing(make_gateway, db, ups
     for phase, by_status in load.statuses.items():
         assert set(by_status) == {200}, (phase, by_status)  # no client saw an error
     assert load.total("outage") > 500  # a real load ran through the outage
-    assert health_down >= OUTAGE_SECONDS - 2  # /health said so all along
+    assert len(polls) >= 20 and all(polls[2:]), polls  # /health said so all along
     assert journaled > 0 and journal_peak > 0  # past the memory bound: the journal
     assert metric(metrics, "spendgate_usage_events_dropped_total") == 0
     assert report["totals"]["requests"] == upstream.stats.requests == load.total()
