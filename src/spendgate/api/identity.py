@@ -6,12 +6,12 @@ else can send the same header.
 """
 
 from collections.abc import Mapping
-from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
 from starlette.requests import HTTPConnection
 
 from spendgate.config import Settings
+from spendgate.keys.throttle import is_trusted
 
 MAX_IDENTITY_LEN = 256
 
@@ -42,13 +42,4 @@ def trusted_identity(source: HTTPConnection | Mapping[str, Any], settings: Setti
 
 
 def _peer_is_trusted(client: Any, settings: Settings) -> bool:
-    if not client:
-        return False
-    try:
-        peer: IPv4Address | IPv6Address = ip_address(str(client[0]))
-    except ValueError:  # a Unix socket path or a test client's made-up name
-        return False
-    # A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d.
-    if isinstance(peer, IPv6Address) and peer.ipv4_mapped is not None:
-        peer = peer.ipv4_mapped
-    return any(peer in network for network in settings.trusted_proxies)
+    return bool(client) and is_trusted(str(client[0]), settings.trusted_proxies)

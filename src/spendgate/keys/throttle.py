@@ -90,19 +90,20 @@ def client_address(scope: Mapping[str, Any], trusted_proxies: Sequence[Network])
     """The client's address: the TCP peer, or behind trusted proxies the hop before them."""
     client = scope.get("client")
     peer = str(client[0]) if client else ""
-    if not trusted_proxies or not _is_trusted(peer, trusted_proxies):
+    if not trusted_proxies or not is_trusted(peer, trusted_proxies):
         return peer
     hops: list[str] = []
     for name, value in scope.get("headers", ()):
         if name == b"x-forwarded-for":
             hops.extend(part.strip() for part in value.decode("latin-1").split(","))
     for hop in reversed(hops):
-        if hop and not _is_trusted(hop, trusted_proxies):
+        if hop and not is_trusted(hop, trusted_proxies):
             return hop
     return peer
 
 
-def _is_trusted(address: str, trusted_proxies: Sequence[Network]) -> bool:
+def is_trusted(address: str, trusted_proxies: Sequence[Network]) -> bool:
+    """Whether `address` is in one of `trusted_proxies` (IPv4-mapped IPv6 read as IPv4)."""
     try:
         parsed: IPv4Address | IPv6Address = ip_address(address)
     except ValueError:  # a Unix socket path, a test client's made-up name, garbage
