@@ -66,7 +66,10 @@ def usage_csv_response(runtime: Runtime, flt: UsageFilter) -> StreamingResponse:
     )
 
 
-@router.get("/usage.csv", response_class=StreamingResponse)
+_CSV = {"content": {"text/csv": {"schema": {"type": "string"}}}}
+
+
+@router.get("/usage.csv", response_class=StreamingResponse, responses={200: _CSV})
 async def usage_csv(runtime: RuntimeDep, flt: UsageFilterDep) -> StreamingResponse:
     """One CSV row per request, header first, streamed."""
     return usage_csv_response(runtime, flt)

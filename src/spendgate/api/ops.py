@@ -5,11 +5,18 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from spendgate.api.deps import RuntimeDep, require_admin
+from spendgate.api.openapi import errors
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/health")
+_DOWN = {
+    "description": "A part is down: the same body, naming it.",
+    "content": {"application/json": {"schema": {}}},
+}
+
+
+@router.get("/health", responses={**errors(), 503: _DOWN})
 async def health(runtime: RuntimeDep) -> JSONResponse:
     """200 when the database (and Redis, if used) answer; 503 naming the part that is down."""
     try:
@@ -42,13 +49,16 @@ async def health(runtime: RuntimeDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if healthy else 503)
 
 
-@router.get("/ping", response_class=PlainTextResponse)
+@router.get("/ping", response_class=PlainTextResponse, responses=errors())
 async def ping() -> str:
     """Liveness: answers without touching anything."""
     return "pong"
 
 
-@router.get("/metrics", response_class=Response)
+_EXPOSITION = {"content": {"text/plain": {"schema": {"type": "string"}}}}
+
+
+@router.get("/metrics", response_class=Response, responses={**errors(401), 200: _EXPOSITION})
 async def metrics(request: Request, runtime: RuntimeDep) -> Response:
     """Prometheus text exposition."""
     if not runtime.settings.metrics_public:

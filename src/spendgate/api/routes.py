@@ -19,6 +19,7 @@ from spendgate.api import (
     ops,
     public,
 )
+from spendgate.api.openapi import describe, errors
 from spendgate.errors import (
     DatabaseUnavailable,
     FrameworkHTTPError,
@@ -98,7 +99,17 @@ def build_api(runtime: Runtime) -> FastAPI:
     api.add_exception_handler(HTTPException, _http_error)
     api.add_exception_handler(DBAPIError, _database_error)
     api.add_exception_handler(ConnectionError, _database_error)
-    for module in (admin_users, admin_keys, admin_tracking, admin_usage, ingest, me, public, ops):
-        api.include_router(module.router)
+    for module, statuses in (
+        (admin_users, (401, 404, 409)),
+        (admin_keys, (401, 404, 409)),
+        (admin_tracking, (401, 404, 409)),
+        (admin_usage, (401, 404)),
+        (ingest, (401, 403, 404)),
+        (me, (401,)),
+        (public, (403, 404, 409)),
+    ):
+        api.include_router(module.router, responses=errors(*statuses))
+    api.include_router(ops.router)  # documents per route: /health's 503 is its own body
     console.install(api)
+    describe(api)
     return api

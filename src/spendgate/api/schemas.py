@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from spendgate.keys.self_service import USERNAME
 from spendgate.ledger.records import KeyRecord, UserRecord
 from spendgate.ledger.tracking import TrackingTokenRecord
 from spendgate.limits.names import Limits
@@ -139,8 +140,11 @@ class IngestEvent(BaseModel):
 
 class SelfServiceKeyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    # The username's own rules (keys/self_service.py) give the 400; this only bounds it.
-    username: Annotated[str, Field(max_length=200)]
+    # The username's own rules (keys/self_service.py) give the 400, with their own message;
+    # this bounds it, and the spec documents the rule.
+    username: Annotated[
+        str, Field(max_length=200, json_schema_extra={"pattern": f"^{USERNAME.pattern}$"})
+    ]
     note: Annotated[str, Field(max_length=500)] | None = None
 
 
