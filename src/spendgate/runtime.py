@@ -5,14 +5,13 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from redis.asyncio import BlockingConnectionPool, Redis
 from sqlalchemy.engine import make_url
 
 from spendgate.alerts import AlertMonitor
 from spendgate.config import ConfigError, Settings
 from spendgate.exports import build_exports
-from spendgate.keys.broadcast import KeyChanges
 from spendgate.keys.principals import PrincipalCache
 from spendgate.keys.throttle import AuthThrottle
 from spendgate.ledger.alerts import AlertStore
@@ -23,11 +22,9 @@ from spendgate.ledger.store import AccountDefaults, Store
 from spendgate.ledger.tracking import TrackingTokenStore
 from spendgate.ledger.writer import LedgerWriter
 from spendgate.limits.backend import LimitBackend
-from spendgate.limits.baseline import ledger_baseline, ledger_history
+from spendgate.limits.baseline import ledger_baseline
 from spendgate.limits.memory import MemoryBackend
-from spendgate.limits.outage import OutageGuard
 from spendgate.limits.policy import LimitPolicy
-from spendgate.limits.redis import RedisBackend
 from spendgate.metering.estimate import TokenEstimator
 from spendgate.metering.pricing import PriceBook, PricingConfigError, load_overrides
 from spendgate.metrics import ExportState, GatewayMetrics, RuntimeState
@@ -37,6 +34,12 @@ from spendgate.proxy.recorder import Recorder
 from spendgate.proxy.routing import Router
 from spendgate.proxy.upstream import UpstreamClient, UpstreamTarget
 from spendgate.request_log import RequestLog
+
+if TYPE_CHECKING:  # imported only with Redis configured (`limits/shared.py`)
+    from redis.asyncio import Redis
+
+    from spendgate.keys.broadcast import KeyChanges
+    from spendgate.limits.outage import OutageGuard
 
 log = logging.getLogger("spendgate")
 
@@ -72,12 +75,18 @@ class Runtime:
             journal=Journal(journal_dir(settings, database_url)),
             timeout=settings.database_timeout_seconds,
         )
-        self.redis = open_redis(settings) if settings.redis_url else None
-        self.key_changes = (
-            KeyChanges(self.redis, f"{settings.redis_prefix}:key-changes", self._keys_changed)
-            if self.redis is not None
-            else None
-        )
+        self.redis: Redis | None = None
+        self.key_changes: KeyChanges | None = None
+        self.guard: OutageGuard | None = None
+        if settings.redis_url:
+            from spendgate.limits.shared import connect_shared_limits  # see its docstring
+
+            shared = connect_shared_limits(settings, self.engine, self._keys_changed)
+            self.redis, self.key_changes, self.guard = (
+                shared.redis,
+                shared.key_changes,
+                shared.guard,
+            )
         self.principals = PrincipalCache(
             self.store,
             refresh_seconds=settings.principal_refresh_seconds,
@@ -95,26 +104,14 @@ class Runtime:
             cooldown=settings.upstream_cooldown_seconds,
         )
         self.models = ModelList(self.router, self.upstream)
-        self.guard: OutageGuard | None = None
         backend: LimitBackend
-        if self.redis is None:
+        if self.guard is None:
             backend = MemoryBackend(
                 ledger_baseline(self.engine, started=datetime.now(UTC)),
                 reservation_ttl_ns=int(settings.reservation_ttl_seconds * 1e9),
             )
         else:
-            backend = self.guard = OutageGuard(
-                RedisBackend(
-                    self.redis,
-                    ledger_history(self.engine),
-                    prefix=settings.redis_prefix,
-                    reservation_ttl_ns=int(settings.reservation_ttl_seconds * 1e9),
-                    # rows settled just before counting began are written within this
-                    settle_ns=(3 * settings.flush_interval_ms + 500) * 1_000_000,
-                ),
-                limits_fail_open=settings.redis_limits_on_error == "fail_open",
-                budgets_fail_open=settings.redis_budgets_on_error == "fail_open",
-            )
+            backend = self.guard
         self.limits = LimitPolicy(
             backend, self.prices, default_max_tokens=settings.default_max_tokens
         )
@@ -250,18 +247,6 @@ def upstream_targets(settings: Settings) -> list[UpstreamTarget]:
         )
         for position, u in enumerate(settings.upstreams)
     ]
-
-
-def open_redis(settings: Settings) -> "Redis":
-    """The Redis client: a bounded pool where a caller waits for a free connection."""
-    pool = BlockingConnectionPool.from_url(
-        settings.redis_url or "",
-        max_connections=settings.redis_max_connections,
-        timeout=settings.redis_timeout_seconds,  # the wait for a free connection
-        socket_timeout=settings.redis_timeout_seconds,
-        socket_connect_timeout=settings.redis_timeout_seconds,
-    )
-    return Redis.from_pool(pool)
 
 
 def account_defaults(settings: Settings) -> AccountDefaults:

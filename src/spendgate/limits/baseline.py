@@ -1,12 +1,15 @@
 """The ledger as the limit backends' baseline: what a scope spent before counting began."""
 
+from collections.abc import Awaitable, Callable
 from datetime import date, datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spendgate.ledger.spend import spent_before
 from spendgate.limits.backend import Baseline
-from spendgate.limits.redis import SpendHistory
+
+# (scope, first day or None for all time, before) -> picodollars the ledger holds
+SpendHistory = Callable[[str, date | None, datetime], Awaitable[int]]
 
 
 def ledger_history(engine: AsyncEngine) -> SpendHistory:
