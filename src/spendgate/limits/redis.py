@@ -187,9 +187,11 @@ class RedisBackend:
         args: list[Any] = self._now()
         args += (len(charged.rates), len(scopes), len(held), tokens, cost_pico, member)
         args += charged.words
-        grant.reservation = None
         if keys:
             await self._commit(keys=keys, args=args)
+        # Only once it is settled: a settlement that fails is kept and sent again (see
+        # `OutageGuard`) with this same grant, and must still release the reservation.
+        grant.reservation = None
 
     async def spent(self, scope: str, since: date | None) -> int:
         """Settled spend of `scope` from `since`: the ledger's before counting, Redis's after."""
