@@ -7,7 +7,7 @@ reservation's deadline moves only when the test moves it and nothing here waits 
 
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -17,13 +17,14 @@ from spendgate.limits.backend import Grant, SpendRule
 from spendgate.limits.outage import OutageGuard
 from spendgate.limits.redis import RedisBackend
 from tests.faults import CuttableProxy
-from tests.limits.test_redis_backend import NOW, SECOND, USER, Clock, Ledger
+from tests.limits.test_redis_backend import NOW, SECOND, USER, Clock, Ledger, per
 from tests.services import RedisServer
 
 pytestmark = pytest.mark.services
 
 TTL_NS = 900 * SECOND  # the default reservation TTL: a test that waited for it would fail
 BUDGET = SpendRule(USER, "budget", 10**9, NOW.date())
+TPM = per(USER, "tokens_per_minute", 1_000, 60 * SECOND, "tokens")
 
 
 @dataclass
@@ -38,9 +39,34 @@ class Link:
     backend: RedisBackend
     guard: OutageGuard
 
+    async def settled(self, scope: str) -> int:
+        """What Redis counted for `scope` since counting began, read past the proxy."""
+        return int(await self.direct.hget(f"{self.prefix}:{{alice}}:spend:{scope}", "t") or 0)
+
     def held(self, scope: str) -> str:
         """The scope's reservation set (a sorted set of `id:amount` members)."""
         return f"{self.prefix}:{{alice}}:held:{scope}"
+
+    def other_instance(self) -> RedisBackend:
+        """A second gateway's backend on the same Redis, ledger and clock, not behind the proxy."""
+        return RedisBackend(
+            self.direct,
+            self.ledger.history,
+            prefix=self.prefix,
+            reservation_ttl_ns=TTL_NS,
+            settle_ns=0,
+            clock=self.clock,
+        )
+
+    async def lose_data(self) -> None:
+        """Redis restarts empty (no persistence), as far as this test's keys go."""
+        keys = [key async for key in self.direct.scan_iter(match=f"{self.prefix}:*")]
+        if keys:
+            await self.direct.delete(*keys)
+
+    def row(self, pico: int) -> None:
+        """The ledger row of a request that ends now (written before it settles)."""
+        self.ledger.rows.append((USER, self.clock.now_ns, pico))
 
 
 def through(url: str, port: int) -> str:
@@ -92,3 +118,100 @@ async def test_a_settlement_kept_through_a_cut_releases_its_reservation(link: Li
     assert await link.direct.zcard(link.held(USER)) == 0
     assert await link.guard.reserved(USER) == 0
     assert await link.guard.spent(USER, NOW.date()) == 40
+    assert link.backend.repeats_skipped == 0  # the cut came first: the retry applied it
+
+
+async def test_a_settlement_applied_but_unanswered_is_not_counted_again(link: Link) -> None:
+    earlier = await link.guard.acquire([TPM], [BUDGET], 100)
+    assert isinstance(earlier, Grant)
+    await link.guard.commit(earlier, [TPM], [USER], 10, 25)  # settles normally
+    grant = await link.guard.acquire([TPM], [BUDGET], 100)
+    assert isinstance(grant, Grant)
+
+    link.proxy.lose_next_reply()
+    await link.guard.commit(grant, [TPM], [USER], 30, 40)
+    assert link.guard.backlog == 1  # no answer: kept for replay
+    # ... though Redis applied it: the reservation is gone and the cost counted.
+    assert await link.direct.zcard(link.held(USER)) == 0
+    assert await link.settled(USER) == 25 + 40
+    link.proxy.restore()
+    await link.guard.wait_replayed()
+
+    assert link.guard.backlog == 0
+    assert await link.guard.spent(USER, NOW.date()) == 25 + 40  # the ledger's two rows
+    [tokens] = await link.guard.peek([TPM])
+    assert tokens.remaining == 1_000 - 10 - 30  # charged once
+    assert await link.guard.reserved(USER) == 0
+    assert link.backend.repeats_skipped == 1
+
+
+async def test_a_delayed_first_try_arriving_after_its_retry_is_not_counted_again(
+    link: Link,
+) -> None:
+    grant = await link.guard.acquire([TPM], [BUDGET], 100)
+    assert isinstance(grant, Grant)
+    first = replace(grant)  # the first try, held up in the network ...
+    grant.sent = True
+    await link.backend.commit(grant, [TPM], [USER], 30, 40)  # ... behind its retry
+    await link.backend.commit(first, [TPM], [USER], 30, 40)
+
+    assert await link.guard.spent(USER, NOW.date()) == 40
+    [tokens] = await link.guard.peek([TPM])
+    assert tokens.remaining == 1_000 - 30
+    assert link.backend.repeats_skipped == 1
+
+
+async def test_a_settlement_kept_past_its_reservation_deadline_is_counted(link: Link) -> None:
+    grant = await link.guard.acquire([TPM], [BUDGET], 100)
+    assert isinstance(grant, Grant)
+    await link.proxy.cut()
+    link.row(40)
+    await link.guard.commit(grant, [TPM], [USER], 30, 40)
+    link.clock.now_ns += TTL_NS + SECOND  # an outage longer than the reservation TTL
+    assert await link.other_instance().reserved(USER) == 0  # expired meanwhile
+    link.proxy.restore()
+    await link.guard.wait_replayed()
+
+    assert await link.guard.spent(USER, NOW.date()) == 40
+    [tokens] = await link.guard.peek([TPM])
+    assert tokens.remaining == 1_000 - 30
+    assert await link.guard.reserved(USER) == 0
+    assert link.backend.repeats_skipped == 0
+
+
+async def test_a_request_in_flight_when_redis_loses_its_data_is_counted(link: Link) -> None:
+    grant = await link.guard.acquire([], [BUDGET], 100)
+    assert isinstance(grant, Grant)
+    await link.lose_data()
+    link.clock.now_ns += SECOND
+    assert await link.guard.spent(USER, NOW.date()) == 0  # counting starts again
+    link.clock.now_ns += SECOND
+    link.row(40)
+    await link.guard.commit(grant, [], [USER], 0, 40)
+
+    assert await link.guard.spent(USER, NOW.date()) == 40  # after counting restarted: Redis's
+    assert await link.guard.reserved(USER) == 0
+    assert link.backend.repeats_skipped == 0
+
+
+async def test_a_settlement_kept_while_redis_lost_its_data_is_counted_once(link: Link) -> None:
+    grant = await link.guard.acquire([], [BUDGET], 100)
+    assert isinstance(grant, Grant)
+    await link.proxy.cut()
+    link.clock.now_ns += SECOND
+    link.row(40)
+    await link.guard.commit(grant, [], [USER], 0, 40)  # kept
+    await link.lose_data()  # Redis restarts empty ...
+    link.clock.now_ns += SECOND
+    other = link.other_instance()  # ... and another gateway reaches it first,
+    again = await other.acquire([], [BUDGET], 100)  # rebuilding the count from the ledger
+    assert isinstance(again, Grant)
+    link.row(7)
+    await other.commit(again, [], [USER], 0, 7)
+    link.proxy.restore()
+    await link.guard.wait_replayed()
+
+    # The kept settlement's row was in the rebuilt count: the replay adds nothing.
+    assert await link.guard.spent(USER, NOW.date()) == 40 + 7
+    assert await link.guard.reserved(USER) == 0
+    assert link.backend.repeats_skipped == 1

@@ -72,6 +72,8 @@ class Grant:
     reservation: int | None = None  # reservation id, None when nothing was reserved
     reserved_pico: int = 0
     scopes: tuple[str, ...] = ()  # where it was reserved (for backends that need telling)
+    deadline_us: int = 0  # when the reservation expires, for backends that need telling
+    sent: bool = False  # its settlement was sent once: a retry may find it applied already
 
 
 @dataclass(slots=True)
@@ -111,7 +113,12 @@ class LimitBackend(Protocol):
         tokens: int,
         cost_pico: int,
     ) -> None:
-        """End a request: drop its reservation, charge tokens and record its cost on `scopes`."""
+        """End a request: drop its reservation, charge tokens and record its cost on `scopes`.
+
+        A commit that raised may be called again with the same grant (`OutageGuard` does so
+        when the store was unreachable). The Redis backend applies such a retry only if the
+        first call did not, when the grant holds a reservation (see `lua/commit.lua`).
+        """
         ...
 
     async def spent(self, scope: str, since: date | None) -> int:

@@ -17,6 +17,7 @@ the finest unit (ns, µs, ms, s) in which its bucket stays exact below 2^53.
 """
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -28,6 +29,8 @@ from redis.asyncio import Redis
 from spendgate.limits.backend import Grant, RateRule, RateState, Refusal, SpendRule
 from spendgate.limits.gcra import Rate, check, peek
 from spendgate.periods import EPOCH, day_number
+
+log = logging.getLogger("spendgate")
 
 # (scope, first day or None for all time, before) -> picodollars the ledger holds
 SpendHistory = Callable[[str, date | None, datetime], Awaitable[int]]
@@ -106,6 +109,7 @@ class RedisBackend:
         self._scope_keys: dict[str, tuple[str, str]] = {}
         self._loading: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._loaded: set[tuple[str, str]] = set()
+        self.repeats_skipped = 0  # settlements sent again and found applied already
 
     # keys
 
@@ -151,7 +155,9 @@ class RedisBackend:
             reply = await self._acquire(keys=keys, args=args)
             status, detail, now_us, now_ns = (int(value) for value in reply[:4])
             if status == 1:
-                return self._grant(rates, reply[4:], detail, reserve_pico, tuple(scopes))
+                grant = self._grant(rates, reply[4:], detail, reserve_pico, tuple(scopes))
+                grant.deadline_us = now_us + self._ttl_us  # the member's score in each set
+                return grant
             if status == 0:
                 return self._refuse(rates, reply[4:])
             if status == 3:
@@ -176,7 +182,11 @@ class RedisBackend:
         tokens: int,
         cost_pico: int,
     ) -> None:
-        """Drop the reservation, charge `tokens`, record `cost_pico` on `scopes`."""
+        """Drop the reservation, charge `tokens`, record `cost_pico` on `scopes`.
+
+        Sent again after a failure (a lost reply), a settlement holding a reservation is
+        applied once; one without a reservation is applied each time it is sent.
+        """
         held = grant.scopes if grant.reservation is not None else ()
         charged = self._token_plan(token_rules if tokens > 0 else ())
         keys = [*charged.keys]
@@ -184,11 +194,17 @@ class RedisBackend:
         for scope in held:
             keys += self._scope_pair(scope)
         member = f"{grant.reservation}:{grant.reserved_pico}" if held else ""
+        # A first try tells when the reservation was made; a retry does not (see commit.lua).
+        made = "" if grant.sent else grant.deadline_us - self._ttl_us
         args: list[Any] = self._now()
-        args += (len(charged.rates), len(scopes), len(held), tokens, cost_pico, member)
+        args += (len(charged.rates), len(scopes), len(held), tokens, cost_pico, member,
+                 grant.deadline_us, made)  # fmt: skip
         args += charged.words
         if keys:
-            await self._commit(keys=keys, args=args)
+            grant.sent = True
+            if not await self._commit(keys=keys, args=args):
+                self.repeats_skipped += 1
+                log.info("settlement found applied already (its reply was lost): skipped")
         # Only once it is settled: a settlement that fails is kept and sent again (see
         # `OutageGuard`) with this same grant, and must still release the reservation.
         grant.reservation = None
