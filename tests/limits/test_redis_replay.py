@@ -8,6 +8,7 @@ reservation's deadline moves only when the test moves it and nothing here waits 
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from datetime import datetime
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -17,7 +18,7 @@ from spendgate.limits.backend import Grant, SpendRule
 from spendgate.limits.outage import OutageGuard
 from spendgate.limits.redis import RedisBackend
 from tests.faults import CuttableProxy
-from tests.limits.test_redis_backend import NOW, SECOND, USER, Clock, Ledger, per
+from tests.limits.test_redis_backend import NOW, SECOND, USER, Clock, Ledger, per, stamped
 from tests.services import RedisServer
 
 pytestmark = pytest.mark.services
@@ -64,9 +65,10 @@ class Link:
         if keys:
             await self.direct.delete(*keys)
 
-    def row(self, pico: int) -> None:
-        """The ledger row of a request that ends now (written before it settles)."""
+    def row(self, pico: int) -> datetime:
+        """The ledger row of a request that ends now (written before it settles); its time."""
         self.ledger.rows.append((USER, self.clock.now_ns, pico))
+        return stamped(self.clock.now_ns)
 
 
 def through(url: str, port: int) -> str:
@@ -108,7 +110,7 @@ async def test_a_settlement_kept_through_a_cut_releases_its_reservation(link: Li
     assert await link.direct.zcard(link.held(USER)) == 1
 
     await link.proxy.cut()
-    await link.guard.commit(grant, [], [USER], 0, 40)
+    await link.guard.commit(grant, [], [USER], 0, 40, link.row(40))
     assert link.guard.backlog == 1  # kept for replay
     link.proxy.restore()
     await link.guard.wait_replayed()
@@ -124,12 +126,12 @@ async def test_a_settlement_kept_through_a_cut_releases_its_reservation(link: Li
 async def test_a_settlement_applied_but_unanswered_is_not_counted_again(link: Link) -> None:
     earlier = await link.guard.acquire([TPM], [BUDGET], 100)
     assert isinstance(earlier, Grant)
-    await link.guard.commit(earlier, [TPM], [USER], 10, 25)  # settles normally
+    await link.guard.commit(earlier, [TPM], [USER], 10, 25, link.row(25))  # settles normally
     grant = await link.guard.acquire([TPM], [BUDGET], 100)
     assert isinstance(grant, Grant)
 
     link.proxy.lose_next_reply()
-    await link.guard.commit(grant, [TPM], [USER], 30, 40)
+    await link.guard.commit(grant, [TPM], [USER], 30, 40, link.row(40))
     assert link.guard.backlog == 1  # no answer: kept for replay
     # ... though Redis applied it: the reservation is gone and the cost counted.
     assert await link.direct.zcard(link.held(USER)) == 0
@@ -150,10 +152,10 @@ async def test_a_delayed_first_try_arriving_after_its_retry_is_not_counted_again
 ) -> None:
     grant = await link.guard.acquire([TPM], [BUDGET], 100)
     assert isinstance(grant, Grant)
+    at = link.row(40)
     first = replace(grant)  # the first try, held up in the network ...
-    grant.sent = True
-    await link.backend.commit(grant, [TPM], [USER], 30, 40)  # ... behind its retry
-    await link.backend.commit(first, [TPM], [USER], 30, 40)
+    await link.backend.commit(grant, [TPM], [USER], 30, 40, at)  # ... behind its retry
+    await link.backend.commit(first, [TPM], [USER], 30, 40, at)
 
     assert await link.guard.spent(USER, NOW.date()) == 40
     [tokens] = await link.guard.peek([TPM])
@@ -165,8 +167,8 @@ async def test_a_settlement_kept_past_its_reservation_deadline_is_counted(link: 
     grant = await link.guard.acquire([TPM], [BUDGET], 100)
     assert isinstance(grant, Grant)
     await link.proxy.cut()
-    link.row(40)
-    await link.guard.commit(grant, [TPM], [USER], 30, 40)
+    at = link.row(40)
+    await link.guard.commit(grant, [TPM], [USER], 30, 40, at)
     link.clock.now_ns += TTL_NS + SECOND  # an outage longer than the reservation TTL
     assert await link.other_instance().reserved(USER) == 0  # expired meanwhile
     link.proxy.restore()
@@ -186,8 +188,8 @@ async def test_a_request_in_flight_when_redis_loses_its_data_is_counted(link: Li
     link.clock.now_ns += SECOND
     assert await link.guard.spent(USER, NOW.date()) == 0  # counting starts again
     link.clock.now_ns += SECOND
-    link.row(40)
-    await link.guard.commit(grant, [], [USER], 0, 40)
+    at = link.row(40)
+    await link.guard.commit(grant, [], [USER], 0, 40, at)
 
     assert await link.guard.spent(USER, NOW.date()) == 40  # after counting restarted: Redis's
     assert await link.guard.reserved(USER) == 0
@@ -199,19 +201,19 @@ async def test_a_settlement_kept_while_redis_lost_its_data_is_counted_once(link:
     assert isinstance(grant, Grant)
     await link.proxy.cut()
     link.clock.now_ns += SECOND
-    link.row(40)
-    await link.guard.commit(grant, [], [USER], 0, 40)  # kept
+    at = link.row(40)
+    await link.guard.commit(grant, [], [USER], 0, 40, at)  # kept
     await link.lose_data()  # Redis restarts empty ...
     link.clock.now_ns += SECOND
     other = link.other_instance()  # ... and another gateway reaches it first,
     again = await other.acquire([], [BUDGET], 100)  # rebuilding the count from the ledger
     assert isinstance(again, Grant)
-    link.row(7)
-    await other.commit(again, [], [USER], 0, 7)
+    await other.commit(again, [], [USER], 0, 7, link.row(7))
     link.proxy.restore()
     await link.guard.wait_replayed()
 
-    # The kept settlement's row was in the rebuilt count: the replay adds nothing.
+    # The kept settlement's row is older than the rebuilt count, which holds it: its
+    # replay applies (Redis lost the reservation) but adds no cost.
     assert await link.guard.spent(USER, NOW.date()) == 40 + 7
     assert await link.guard.reserved(USER) == 0
-    assert link.backend.repeats_skipped == 1
+    assert link.backend.repeats_skipped == 0

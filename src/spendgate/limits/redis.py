@@ -37,6 +37,7 @@ SpendHistory = Callable[[str, date | None, datetime], Awaitable[int]]
 
 _EXACT = 2**47  # bucket size in units that leaves 64 buckets of token debt exact in doubles
 _UNIX = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 _MAX_LOADED = 100_000
 _MAX_PLANS = 100_000
 _RESERVED_ONLY = -2  # `first` for a read of the reservations alone
@@ -181,6 +182,7 @@ class RedisBackend:
         scopes: Sequence[str],
         tokens: int,
         cost_pico: int,
+        at: datetime | None = None,
     ) -> None:
         """Drop the reservation, charge `tokens`, record `cost_pico` on `scopes`.
 
@@ -194,17 +196,14 @@ class RedisBackend:
         for scope in held:
             keys += self._scope_pair(scope)
         member = f"{grant.reservation}:{grant.reserved_pico}" if held else ""
-        # A first try tells when the reservation was made; a retry does not (see commit.lua).
-        made = "" if grant.sent else grant.deadline_us - self._ttl_us
+        stamp = "" if at is None else (at - _UNIX) // _MICROSECOND
         args: list[Any] = self._now()
-        args += (len(charged.rates), len(scopes), len(held), tokens, cost_pico, member,
-                 grant.deadline_us, made)  # fmt: skip
+        args += (len(charged.rates), len(scopes), len(held), tokens, cost_pico, stamp, member,
+                 grant.deadline_us, self._ttl_us)  # fmt: skip
         args += charged.words
-        if keys:
-            grant.sent = True
-            if not await self._commit(keys=keys, args=args):
-                self.repeats_skipped += 1
-                log.info("settlement found applied already (its reply was lost): skipped")
+        if keys and not await self._commit(keys=keys, args=args):
+            self.repeats_skipped += 1
+            log.info("settlement found applied already (its reply was lost): skipped")
         # Only once it is settled: a settlement that fails is kept and sent again (see
         # `OutageGuard`) with this same grant, and must still release the reservation.
         grant.reservation = None
