@@ -1,8 +1,9 @@
 """A TCP proxy that a test can cut and restore: a database or Redis going away for real.
 
 `cut()` closes every open connection and refuses new ones (the client sees connection resets
-and refusals, as when a server dies); `restore()` accepts again. Everything runs on the
-test's event loop over loopback sockets.
+and refusals, as when a server dies); `restore()` accepts again. `lose_next_reply()` lets
+the next request through and cuts when its reply comes back: the server did the work, the
+client never hears of it. Everything runs on the test's event loop over loopback sockets.
 """
 
 import asyncio
@@ -17,6 +18,7 @@ class CuttableProxy:
         self.port = 0
         self.cut_off = False
         self.frozen = False
+        self.losing_reply = False
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -33,9 +35,7 @@ class CuttableProxy:
 
     async def cut(self) -> None:
         """Drop every connection now and refuse new ones until `restore()`."""
-        self.cut_off = True
-        for writer in list(self._writers):
-            writer.transport.abort()
+        self._sever()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -45,6 +45,16 @@ class CuttableProxy:
     def restore(self) -> None:
         self.cut_off = False
         self.frozen = False
+        self.losing_reply = False
+
+    def lose_next_reply(self) -> None:
+        """Swallow the next bytes the server sends and cut there (until `restore()`)."""
+        self.losing_reply = True
+
+    def _sever(self) -> None:
+        self.cut_off = True
+        for writer in list(self._writers):
+            writer.transport.abort()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.cut_off:
@@ -58,7 +68,7 @@ class CuttableProxy:
         self._writers |= {writer, up_writer}
         pipes = [
             asyncio.create_task(self._pipe(reader, up_writer)),
-            asyncio.create_task(self._pipe(up_reader, writer)),
+            asyncio.create_task(self._pipe(up_reader, writer, replies=True)),
         ]
         self._tasks.update(pipes)
         try:
@@ -78,9 +88,14 @@ class CuttableProxy:
         network that drops packets without a reset (until `restore()`)."""
         self.frozen = True
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, replies: bool = False
+    ) -> None:
         while data := await reader.read(65536):
             if self.frozen:
                 continue  # swallowed
+            if replies and self.losing_reply:
+                self._sever()  # the reply is dropped with the connection
+                return
             writer.write(data)
             await writer.drain()

@@ -4,7 +4,7 @@ the in-process backend is in test_backend_contract.py.)"""
 
 import secrets
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from redis.asyncio import Redis
@@ -178,6 +178,63 @@ async def test_counters_are_rebuilt_from_the_ledger_after_a_flush(redis) -> None
     assert isinstance(await backend.acquire([], [budget], 100), Refusal)  # 900 + 100 held
 
 
+def stamped(ns: int) -> datetime:
+    """The ledger timestamp of an instant, to the microsecond."""
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ns // 1000)
+
+
+async def test_a_request_in_flight_when_counting_begins_is_counted_once(redis) -> None:
+    ledger, clock = Ledger(), Clock()
+    backend = backend_on(redis, ledger, clock)
+    row = clock.now_ns
+    ledger.rows.append((USER, row, 300))  # the request ended: its row is stamped ...
+    clock.now_ns += SECOND // 1000
+    assert await backend.spent(USER, NOW.date()) == 300  # ... counting begins: in the baseline
+    clock.now_ns += SECOND // 1000
+    await backend.commit(Grant(), [], [USER], 0, 300, stamped(row))  # ... then it settles
+    assert await backend.spent(USER, NOW.date()) == 300
+
+
+async def test_requests_ending_together_on_a_scope_never_seen_are_counted_once(redis) -> None:
+    ledger, clock = Ledger(), Clock()
+    backend = backend_on(redis, ledger, clock)  # a scope only settlements reach (no budget)
+    rows = [clock.now_ns, clock.now_ns + SECOND // 1000]
+    ledger.rows += [(USER, rows[0], 300), (USER, rows[1], 400)]
+    clock.now_ns += SECOND // 100  # both settle after both rows were stamped
+    await backend.commit(Grant(), [], [USER], 0, 300, stamped(rows[0]))  # counting begins
+    clock.now_ns += SECOND // 1000
+    await backend.commit(Grant(), [], [USER], 0, 400, stamped(rows[1]))
+    clock.now_ns += SECOND
+    ledger.rows.append((USER, clock.now_ns, 50))
+    await backend.commit(Grant(), [], [USER], 0, 50, stamped(clock.now_ns))
+    assert await backend.spent(USER, NOW.date()) == 750
+
+
+async def test_a_row_stamped_ahead_of_the_redis_clock_is_counted_once(redis) -> None:
+    ledger, clock = Ledger(), Clock()
+    backend = backend_on(redis, ledger, clock)
+    ahead = clock.now_ns + SECOND  # the gateway's clock runs a second ahead of Redis's
+    ledger.rows.append((USER, ahead, 300))
+    await backend.commit(Grant(), [], [USER], 0, 300, stamped(ahead))  # counting begins
+    clock.now_ns += 2 * SECOND
+    assert await backend.spent(USER, NOW.date()) == 300
+
+
+async def test_a_row_stamped_before_midnight_and_settled_after_counts_on_its_day(redis) -> None:
+    ledger, clock = Ledger(), Clock()
+    backend = backend_on(redis, ledger, clock)
+    midnight = (clock.now_ns // DAY + 1) * DAY
+    clock.now_ns = midnight - 2 * SECOND // 1000
+    today, tomorrow = NOW.date(), NOW.date() + timedelta(days=1)
+    assert await backend.spent(USER, today) == 0  # counting begins
+    row = midnight - SECOND // 1000
+    ledger.rows.append((USER, row, 300))
+    clock.now_ns = midnight + 10 * SECOND // 1000
+    await backend.commit(Grant(), [], [USER], 0, 300, stamped(row))
+    assert await backend.spent(USER, today) == 300
+    assert await backend.spent(USER, tomorrow) == 0  # as the ledger has it
+
+
 # the outage settings
 
 
@@ -193,7 +250,7 @@ class Unreachable:
             raise RedisConnectionError("Error 111 connecting to redis://:secret@10.0.0.1:6379")
         return Grant()
 
-    async def commit(self, grant, token_rules, scopes, tokens, cost_pico) -> None:  # type: ignore[no-untyped-def]
+    async def commit(self, grant, token_rules, scopes, tokens, cost_pico, at=None) -> None:  # type: ignore[no-untyped-def]
         if self.down:
             raise RedisConnectionError("Connection refused")
         self.settled.append(cost_pico)

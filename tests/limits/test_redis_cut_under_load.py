@@ -138,13 +138,15 @@ async def test_redis_cut_and_restored_under_load_leaves_no_reservation(
     assert metric(after, "spendgate_reservations_open") == 0
     assert metric(after, "spendgate_reserved_usd") == 0
     assert left_reserved == 0
-    # Redis's spend equals the ledger's, but for one known flaw: a settlement whose reply was
-    # lost in the cut, though Redis had applied it, is replayed and counted twice (seen once
-    # in a full suite run: one request's cost too many). Never less than the ledger.
+    # A settlement whose reply was lost in the cut, though Redis applied it, is replayed
+    # and found applied: counted once (every one of these settlements holds a reservation).
     ledger_pico = usd_to_pico(ledger_cost["bea"])
     assert ledger_pico > 0
-    assert 0 <= redis_spent - ledger_pico <= ledger_pico // 100, (redis_spent, ledger_pico)
+    assert redis_spent == ledger_pico
     served = sum(n for (_, code), n in budget_seen.items() if code == "ok")
     served += sum(limited_seen.values())
-    assert usage["totals"]["requests"] - budget_seen.get(("cut", "limits_unavailable"), 0) == served
+    # The ledger records refusals too; one may come in any phase (a request sent just before
+    # the cut is refused during it).
+    refused = sum(n for (_, code), n in budget_seen.items() if code == "limits_unavailable")
+    assert usage["totals"]["requests"] - refused == served
     assert upstream.stats.requests == served

@@ -331,4 +331,4 @@ async def _charge(
         if event.timestamp is now and event.cost_pico and event.user in users:
             spent[event.user] += event.cost_pico
     for user, cost_pico in sorted(spent.items()):
-        await runtime.limits.backend.commit(Grant(), (), (user_scope(user),), 0, cost_pico)
+        await runtime.limits.backend.commit(Grant(), (), (user_scope(user),), 0, cost_pico, now)

@@ -7,6 +7,7 @@ Redis for several instances. The gateway's implementation is `limits.policy.Limi
 """
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
@@ -32,9 +33,18 @@ class Admission(Protocol):
         ...
 
     async def settle(
-        self, principal: Principal, admitted: Admitted, usage: Usage, cost: Decimal | None
+        self,
+        principal: Principal,
+        admitted: Admitted,
+        usage: Usage,
+        cost: Decimal | None,
+        at: datetime | None = None,
     ) -> None:
-        """Charge the real usage and cost in place of the reservation."""
+        """Charge the real usage and cost in place of the reservation.
+
+        `at` is the timestamp of the request's ledger row (None: now): the counters count
+        the cost only if they were counting by then (the ledger's baseline has the rest).
+        """
         ...
 
     async def release(self, principal: Principal, admitted: Admitted) -> None:

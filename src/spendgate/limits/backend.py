@@ -7,8 +7,11 @@ A backend keeps three kinds of state and changes them atomically:
 - open reservations per scope, each with an expiry so a vanished request cannot leak one.
 
 A backend counts a scope's spend from the first time it sees the scope (the in-process one:
-from its creation); the baseline covers what came before. A commit to a scope never seen
-may be left to the baseline, since its ledger row is written before the commit.
+from its creation); the baseline covers the ledger's rows stamped before. A settlement
+carries its ledger row's timestamp, and is counted only if that is not before counting
+began, so each row is counted once: by the baseline or by the backend. That holds for a
+request that ends just before a scope is first seen and settles just after, and for one
+whose settlement is replayed late.
 
 `acquire` checks every rule of a request together and either takes them all (request
 limits charged, worst-case cost reserved) or takes nothing. `commit` replaces the
@@ -18,7 +21,7 @@ lives in `limits/memory.py`; a Redis backend implements the same protocol for ma
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from typing import Literal, Protocol
 
 from spendgate.limits.gcra import Rate
@@ -72,6 +75,7 @@ class Grant:
     reservation: int | None = None  # reservation id, None when nothing was reserved
     reserved_pico: int = 0
     scopes: tuple[str, ...] = ()  # where it was reserved (for backends that need telling)
+    deadline_us: int = 0  # when the reservation expires, for backends that need telling
 
 
 @dataclass(slots=True)
@@ -110,8 +114,15 @@ class LimitBackend(Protocol):
         scopes: Sequence[str],
         tokens: int,
         cost_pico: int,
+        at: datetime | None = None,
     ) -> None:
-        """End a request: drop its reservation, charge tokens and record its cost on `scopes`."""
+        """End a request: drop its reservation, charge tokens and record its cost on `scopes`.
+
+        `at` is the timestamp of the request's ledger row (None: now). A commit that raised
+        may be called again with the same grant (`OutageGuard` does so when the store was
+        unreachable). The Redis backend applies such a retry only if the first call did
+        not, when the grant holds a reservation (see `lua/commit.lua`).
+        """
         ...
 
     async def spent(self, scope: str, since: date | None) -> int:

@@ -2,7 +2,10 @@
 
 `acquire` awaits only to read baselines it has never seen (once per scope and period);
 the checks and charges that follow run without an await in between, so no other request
-can interleave. Good for one gateway process; several processes need the Redis backend.
+can interleave. `commit` never awaits, so it cannot fail half-way or need a retry; it
+counts every settlement (ignoring `at`, on the day it settles): this backend counts from
+its creation, before any row its process settles was stamped. Good for one gateway
+process; several processes need the Redis backend.
 """
 
 import asyncio
@@ -11,7 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 
 from spendgate.limits.backend import (
     Baseline,
@@ -125,6 +128,7 @@ class MemoryBackend:
         scopes: Sequence[str],
         tokens: int,
         cost_pico: int,
+        at: datetime | None = None,
     ) -> None:
         """Drop the reservation, charge `tokens` to the token rules, add the cost to `scopes`."""
         now = self._clock()

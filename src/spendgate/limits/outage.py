@@ -4,7 +4,9 @@ Two settings decide, one for rate limits and one for budgets and credits: `fail_
 admits the request without counting it, `fail_closed` refuses it with a 503. A request
 subject to both kinds of rule is refused if either says closed. Settlements that cannot be
 written are kept (up to a bound) and replayed in order once Redis answers again, so the
-counters catch up with what the ledger recorded meanwhile.
+counters catch up with what the ledger recorded meanwhile. A replay is the same call with
+the same `Grant`; whether a settlement whose reply was lost counts twice is the backend's
+to prevent (the Redis one does for settlements holding a reservation, `lua/commit.lua`).
 """
 
 import asyncio
@@ -12,7 +14,7 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -36,6 +38,7 @@ class _Settlement:
     scopes: Sequence[str]
     tokens: int
     cost_pico: int
+    at: datetime | None
 
 
 class OutageGuard:
@@ -80,14 +83,15 @@ class OutageGuard:
         scopes: Sequence[str],
         tokens: int,
         cost_pico: int,
+        at: datetime | None = None,
     ) -> None:
         """Settle now, or keep the settlement for replay when the store is unreachable."""
-        settlement = _Settlement(grant, token_rules, scopes, tokens, cost_pico)
+        settlement = _Settlement(grant, token_rules, scopes, tokens, cost_pico, at)
         if self._backlog:  # keep order: behind the ones already waiting
             self._keep(settlement)
             return
         try:
-            await self._backend.commit(grant, token_rules, scopes, tokens, cost_pico)
+            await self._backend.commit(grant, token_rules, scopes, tokens, cost_pico, at)
         except UNREACHABLE as exc:
             self._went_down(exc)
             self._keep(settlement)
@@ -142,7 +146,9 @@ class OutageGuard:
         while self._backlog:
             s = self._backlog[0]
             try:
-                await self._backend.commit(s.grant, s.token_rules, s.scopes, s.tokens, s.cost_pico)
+                await self._backend.commit(
+                    s.grant, s.token_rules, s.scopes, s.tokens, s.cost_pico, s.at
+                )
             except UNREACHABLE:
                 await asyncio.sleep(_RETRY_SECONDS)
                 continue

@@ -138,9 +138,14 @@ class LimitPolicy:
         return Admitted(headers, result.reserved_pico, _Ticket(rules, result))
 
     async def settle(
-        self, principal: Principal, admitted: Admitted, usage: Usage, cost: Decimal | None
+        self,
+        principal: Principal,
+        admitted: Admitted,
+        usage: Usage,
+        cost: Decimal | None,
+        at: datetime | None = None,
     ) -> None:
-        """Charge the real tokens and cost, dropping the reservation."""
+        """Charge the real tokens and cost, dropping the reservation; `at`: the row's time."""
         ticket = admitted.token
         if isinstance(ticket, _Ticket):
             rules, grant = ticket.rules, ticket.grant
@@ -151,7 +156,7 @@ class LimitPolicy:
             self.reservations_open -= 1
             self.reserved_pico -= grant.reserved_pico
         await self._backend.commit(
-            grant, rules.token_rates, rules.scopes, usage.total_tokens, cost_pico
+            grant, rules.token_rates, rules.scopes, usage.total_tokens, cost_pico, at
         )
 
     async def release(self, principal: Principal, admitted: Admitted) -> None:

@@ -17,6 +17,7 @@ the finest unit (ns, µs, ms, s) in which its bucket stays exact below 2^53.
 """
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -29,11 +30,14 @@ from spendgate.limits.backend import Grant, RateRule, RateState, Refusal, SpendR
 from spendgate.limits.gcra import Rate, check, peek
 from spendgate.periods import EPOCH, day_number
 
+log = logging.getLogger("spendgate")
+
 # (scope, first day or None for all time, before) -> picodollars the ledger holds
 SpendHistory = Callable[[str, date | None, datetime], Awaitable[int]]
 
 _EXACT = 2**47  # bucket size in units that leaves 64 buckets of token debt exact in doubles
 _UNIX = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 _MAX_LOADED = 100_000
 _MAX_PLANS = 100_000
 _RESERVED_ONLY = -2  # `first` for a read of the reservations alone
@@ -106,6 +110,7 @@ class RedisBackend:
         self._scope_keys: dict[str, tuple[str, str]] = {}
         self._loading: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._loaded: set[tuple[str, str]] = set()
+        self.repeats_skipped = 0  # settlements sent again and found applied already
 
     # keys
 
@@ -151,7 +156,9 @@ class RedisBackend:
             reply = await self._acquire(keys=keys, args=args)
             status, detail, now_us, now_ns = (int(value) for value in reply[:4])
             if status == 1:
-                return self._grant(rates, reply[4:], detail, reserve_pico, tuple(scopes))
+                grant = self._grant(rates, reply[4:], detail, reserve_pico, tuple(scopes))
+                grant.deadline_us = now_us + self._ttl_us  # the member's score in each set
+                return grant
             if status == 0:
                 return self._refuse(rates, reply[4:])
             if status == 3:
@@ -175,8 +182,13 @@ class RedisBackend:
         scopes: Sequence[str],
         tokens: int,
         cost_pico: int,
+        at: datetime | None = None,
     ) -> None:
-        """Drop the reservation, charge `tokens`, record `cost_pico` on `scopes`."""
+        """Drop the reservation, charge `tokens`, record `cost_pico` on `scopes`.
+
+        Sent again after a failure (a lost reply), a settlement holding a reservation is
+        applied once; one without a reservation is applied each time it is sent.
+        """
         held = grant.scopes if grant.reservation is not None else ()
         charged = self._token_plan(token_rules if tokens > 0 else ())
         keys = [*charged.keys]
@@ -184,12 +196,17 @@ class RedisBackend:
         for scope in held:
             keys += self._scope_pair(scope)
         member = f"{grant.reservation}:{grant.reserved_pico}" if held else ""
+        stamp = "" if at is None else (at - _UNIX) // _MICROSECOND
         args: list[Any] = self._now()
-        args += (len(charged.rates), len(scopes), len(held), tokens, cost_pico, member)
+        args += (len(charged.rates), len(scopes), len(held), tokens, cost_pico, stamp, member,
+                 grant.deadline_us, self._ttl_us)  # fmt: skip
         args += charged.words
+        if keys and not await self._commit(keys=keys, args=args):
+            self.repeats_skipped += 1
+            log.info("settlement found applied already (its reply was lost): skipped")
+        # Only once it is settled: a settlement that fails is kept and sent again (see
+        # `OutageGuard`) with this same grant, and must still release the reservation.
         grant.reservation = None
-        if keys:
-            await self._commit(keys=keys, args=args)
 
     async def spent(self, scope: str, since: date | None) -> int:
         """Settled spend of `scope` from `since`: the ledger's before counting, Redis's after."""

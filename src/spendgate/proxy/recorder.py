@@ -107,8 +107,8 @@ class Recorder:
         request: PreparedRequest,
         outcome: Outcome,
         started: float,
-    ) -> tuple[Usage, Decimal | None]:
-        """Write the event for one request; returns the usage and cost charged."""
+    ) -> tuple[Usage, Decimal | None, datetime]:
+        """Write the event for one request; returns the usage, the cost and the event's time."""
         estimated = False
         usage = outcome.usage
         if usage is None:
@@ -156,4 +156,4 @@ class Recorder:
         self._metrics.observe(event, outcome.upstream_seconds, outcome.first_token_seconds)
         if self._request_log is not None:
             self._request_log.add(event)
-        return usage, cost
+        return usage, cost, event.timestamp

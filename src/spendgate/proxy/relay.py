@@ -386,8 +386,8 @@ class ProxyApp:
     ) -> tuple[Any, Any]:
         if outcome.usage is None:
             await self._recorder.prepare_estimate(prepared, outcome)
-        usage, cost = self._recorder.record(request_id, principal, prepared, outcome, started)
-        await self._admission.settle(principal, admitted, usage, cost)
+        usage, cost, at = self._recorder.record(request_id, principal, prepared, outcome, started)
+        await self._admission.settle(principal, admitted, usage, cost, at)
         return usage, cost
 
 
