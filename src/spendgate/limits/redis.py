@@ -18,7 +18,7 @@ the finest unit (ns, µs, ms, s) in which its bucket stays exact below 2^53.
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from importlib.resources import files
@@ -27,13 +27,11 @@ from typing import Any
 from redis.asyncio import Redis
 
 from spendgate.limits.backend import Grant, RateRule, RateState, Refusal, SpendRule
+from spendgate.limits.baseline import SpendHistory
 from spendgate.limits.gcra import Rate, check, peek
 from spendgate.periods import EPOCH, day_number
 
 log = logging.getLogger("spendgate")
-
-# (scope, first day or None for all time, before) -> picodollars the ledger holds
-SpendHistory = Callable[[str, date | None, datetime], Awaitable[int]]
 
 _EXACT = 2**47  # bucket size in units that leaves 64 buckets of token debt exact in doubles
 _UNIX = datetime(1970, 1, 1, tzinfo=UTC)
