@@ -64,7 +64,7 @@ class Gateway:
     async def new_key(self, user: str = "alice", **fields: Any) -> str:
         key = new_key()
         await self.runtime.store.create_key(user, hash_key(key), display_key(key), **fields)
-        self.runtime.principals.invalidate()
+        await self.runtime.principals.changed()  # as the admin API does
         return key
 
     async def flush(self) -> None:

@@ -36,3 +36,31 @@ async def test_concurrent_first_requests_with_a_key_read_it_once(tmp_path: Path)
         assert store.lookups == 2
     finally:
         await engine.dispose()
+
+
+async def test_a_change_made_here_is_not_dropped_again_by_the_generation_watcher(
+    tmp_path: Path,
+) -> None:
+    """`changed()` keeps up with the generation its change moved: the watcher's next tick
+    leaves the cache alone (were it dropped, a database outage just after an admin change
+    would make every key unreadable); a change made elsewhere still drops it."""
+    engine = create_engine(sqlite_url_for_path(str(tmp_path / "ledger.db")))
+    try:
+        await upgrade(engine)
+        store = CountingStore(engine)
+        cache = PrincipalCache(store)
+        await cache.start()
+        key = new_key()
+        await store.create_key("ann", hash_key(key), display_key(key))  # made here
+        await cache.changed()
+        await cache.authenticate(key)
+        await cache.refresh()  # the watcher's tick
+        await cache.authenticate(key)
+        assert store.lookups == 1
+        await store.create_key("bob", hash_key(new_key()), "sg-b…b")  # made by another process
+        await cache.refresh()
+        await cache.authenticate(key)
+        assert store.lookups == 2
+        await cache.stop()
+    finally:
+        await engine.dispose()

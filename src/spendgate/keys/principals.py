@@ -117,7 +117,18 @@ class PrincipalCache:
         self._misses.clear()
 
     async def changed(self) -> None:
-        """After a change to users or keys: forget them here and tell the other instances."""
+        """After a change to users or keys: forget them here and tell the other instances.
+
+        The generation the change moved is read first, so the watcher does not drop the
+        cache a second time at its next tick: a database outage just after a change would
+        otherwise leave every key unreadable, not only the changed ones. (Read before
+        dropping: a principal cached after the drop is at least that recent.)
+        """
+        try:
+            async with asyncio.timeout(self._timeout):
+                self._generation = await self._store.read_generation()
+        except Exception:  # as the watcher: it will drop the cache again at its next tick
+            self.refresh_errors += 1
         self.invalidate()
         if self._announce is not None:
             await self._announce()
