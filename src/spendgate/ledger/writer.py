@@ -1,11 +1,13 @@
 """The one background task that writes usage events to the ledger in batches.
 
 The hot path only appends to an in-memory queue (`LedgerWriter.record`). The task takes
-up to `max_batch` events at a time, waiting at most `flush_interval` after the first, and
-writes each batch in one transaction: the new events, their daily rollups (usage_daily
-and the coarse usage_daily_user) and the keys' `last_used_at`. A failed batch is kept and
-retried with backoff. Events whose request id is already in the ledger are skipped, so a
-retry after a commit whose answer was lost never counts anything twice.
+up to `max_batch` events at a time, once the oldest has waited `flush_interval` (counted
+from its arrival: events that came while the last batch was being written have waited that
+long already), and writes each batch in one transaction: the new events, their daily
+rollups (usage_daily and the coarse usage_daily_user) and the keys' `last_used_at`. A
+failed batch is kept and retried with backoff. Events whose request id is already in the
+ledger are skipped, so a retry after a commit whose answer was lost never counts anything
+twice.
 """
 
 import asyncio
@@ -64,7 +66,7 @@ class LedgerWriter:
         engine: AsyncEngine,
         *,
         flush_interval: float = 0.1,
-        max_batch: int = 1000,
+        max_batch: int = 5000,
         max_queue: int = 100_000,
         on_written: OnWritten | None = None,
         on_flushed: OnFlushed | None = None,
@@ -83,6 +85,9 @@ class LedgerWriter:
         self._current: list[UsageEvent] = []  # the batch being written
         self._journaled = 0
         self._queue: deque[UsageEvent] = deque()
+        # When the oldest queued event arrived (time.monotonic), or earlier: set as the
+        # queue stops being empty; a batch capped at `max_batch` leaves its rest this old.
+        self._oldest_at = 0.0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -158,7 +163,10 @@ class LedgerWriter:
             return
         queue.append(event)
         self._accepted += 1
-        if len(queue) == 1 or len(queue) >= self._max_batch:
+        if len(queue) == 1:
+            self._oldest_at = time.monotonic()
+            self._wakeup.set()
+        elif len(queue) >= self._max_batch:
             self._wakeup.set()
 
     async def flush(self) -> None:
@@ -253,10 +261,11 @@ class LedgerWriter:
                 return []
             self._wakeup.clear()
             await self._wakeup.wait()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._flush_interval
+        # Under load the events that came during the last write are due at once: waiting
+        # the interval again after every write would cap the writer below the request rate.
+        deadline = self._oldest_at + self._flush_interval
         while len(queue) < self._max_batch and not self._stopping and not self._waiters:
-            remaining = deadline - loop.time()
+            remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             self._wakeup.clear()
