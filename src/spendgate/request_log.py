@@ -20,6 +20,7 @@ from spendgate.money import format_usd
 from spendgate.tasks import cancel_and_wait
 
 _STOP_SECONDS = 5.0
+_LINES_PER_RECORD = 64  # ~40 KB a record: no buffer of a whole batch (MBs under load) per write
 _HEAD = b'{"level":"info","event":"request",'
 
 
@@ -97,4 +98,5 @@ class RequestLog:
             await asyncio.to_thread(self._emit, lines)
 
     def _emit(self, lines: Sequence[bytes]) -> None:
-        self._logger.info(b"\n".join(lines).decode())
+        for start in range(0, len(lines), _LINES_PER_RECORD):
+            self._logger.info(b"\n".join(lines[start : start + _LINES_PER_RECORD]).decode())
