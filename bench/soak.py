@@ -6,7 +6,8 @@ with flat memory, file descriptors and event-loop tasks (issue 9).
 1. Starts the `spendgate` target exactly as bench/run.py does (`spendgate serve`, one worker,
    SQLite ledger in a temp dir, its own fake upstream).
 2. Load: wrk at 50 connections in slices rotating `chat`, `stream`, `embeddings` and `mixed`
-   (10 % upstream 500s) until at least `--requests` (100,000) responses completed; during
+   (10 % upstream 500s) until at least `--requests` (100,000) responses completed and each
+   of the four ran once (its first slice is warm-up: see `load_phase`); during
    every slice the chaos client (bench/chaos.py) abandons streams, sends wrong keys, bad JSON
    and heads in two parts, a few times a second.
 3. Soak: `--soak-seconds` (600) more of the same in `--slice-seconds` (15) slices.
@@ -216,12 +217,19 @@ def status_mb(server: Server, name: str) -> float:
 
 
 def load_phase(soak: Soak, target: int, slice_s: int) -> None:
-    """Slices until `target` responses completed; the last one is shortened to fit."""
-    while soak.requests < target:
+    """Slices until `target` responses completed and every scenario of the rotation ran once.
+
+    A scenario's first slice fills what its code paths keep (error paths, price and usage
+    caches, the allocator's pools at its request sizes): warm-up, not growth, so it belongs
+    before the soak measures flatness. The last slice is shortened to fit the target, unless
+    a scenario is still to run.
+    """
+    while soak.requests < target or len(soak.samples) < len(ROTATION):
         seconds = slice_s
-        if soak.samples:  # from the last slice's rate, with 10 % to spare
-            rate = max(soak.samples[-1].rps, 1.0)
-            seconds = min(slice_s, max(1, math.ceil((target - soak.requests) * 1.1 / rate)))
+        left = target - soak.requests
+        if soak.samples and left > 0 and len(soak.samples) >= len(ROTATION) - 1:
+            rate = max(soak.samples[-1].rps, 1.0)  # from the last slice, with 10 % to spare
+            seconds = min(slice_s, max(1, math.ceil(left * 1.1 / rate)))
         soak.run_slice("load", seconds)
 
 
@@ -371,7 +379,8 @@ def render(report: Report) -> str:
         f"- load: wrk -t2 -c{args.connections}, slices rotating chat (non-streamed), stream "
         "(16 SSE chunks), embeddings and mixed (chat, 10 % upstream 500s); load phase in "
         f"slices of up to {args.load_slice} s until {args.requests:,} responses completed "
-        f"({load_s} s of wrk), then a soak of {args.soak_seconds} s in slices of "
+        f"and every scenario ran once ({load_s} s of wrk), then a soak of "
+        f"{args.soak_seconds} s in slices of "
         f"{args.slice_seconds} s",
         "- chaos client (bench/chaos.py) during every slice, one action every 0.25 s in turn: "
         "a stream (50 ms between chunks) abandoned after its first event (FIN or RST, in "
