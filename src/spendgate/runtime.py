@@ -82,11 +82,9 @@ class Runtime:
             from spendgate.limits.shared import connect_shared_limits  # see its docstring
 
             shared = connect_shared_limits(settings, self.engine, self._keys_changed)
-            self.redis, self.key_changes, self.guard = (
-                shared.redis,
-                shared.key_changes,
-                shared.guard,
-            )
+            self.redis = shared.redis
+            self.key_changes = shared.key_changes
+            self.guard = shared.guard
         self.principals = PrincipalCache(
             self.store,
             refresh_seconds=settings.principal_refresh_seconds,

@@ -22,6 +22,7 @@ first column being a NOT NULL one): SQLite keeps each distinct statement text pr
 
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
+from itertools import chain
 from typing import Any
 
 from sqlalchemy import Dialect, Table, insert
@@ -103,7 +104,7 @@ class CompiledInsert:
         for start in range(0, len(parameters), per):
             chunk = parameters[start : start + per]
             chunk += [padding] * (per - len(chunk))
-            chunks.append(tuple(value for row in chunk for value in row))
+            chunks.append(tuple(chain.from_iterable(chunk)))
         return chunks
 
 
